@@ -1,0 +1,36 @@
+"""Formatting helpers that turn counts and plots into Dagster metadata a user can read at a glance."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+
+import dagster as dg
+
+
+def md_table(rows: Iterable[Mapping[str, object]], columns: list[str] | None = None) -> dg.MetadataValue:
+    """A markdown table from dicts (columns default to the first row's keys)."""
+    rows = list(rows)
+    if not rows:
+        return dg.MetadataValue.md("_(none)_")
+    cols = columns or list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _cell(value: object) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_image(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG embedded in markdown, so the plot shows in the asset's metadata panel."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def counts_table(frame, by: list[str], limit: int = 80) -> dg.MetadataValue:
+    """Row counts of a polars frame grouped by `by`, largest first."""
+    grouped = frame.group_by(by).len("rows").sort(["rows", *by], descending=[True] + [False] * len(by))
+    return md_table(grouped.head(limit).to_dicts())

@@ -1,0 +1,23 @@
+"""Assembles the Dagster definitions: assets per stage, checks, jobs, schedules, resources for the profile.
+
+The profile comes from GTP_PROFILE (tiny | demo | full; default demo).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from gtp_pipeline import automation, checks
+from gtp_pipeline.assets import corpus
+from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV
+from gtp_pipeline.resources import resources_for_profile
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([corpus]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
+    jobs=[automation.corpus_job],
+    schedules=[automation.corpus_refresh_schedule],
+    resources=resources_for_profile(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)),
+)

@@ -1,0 +1,18 @@
+"""Partitions, defined once and imported by assets, jobs, sensors and tests."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+# One partition per warm-up (or user) checkpoint; keys are registered by the asset that writes them
+# and by the checkpoint sensor.
+model_checkpoint = dg.DynamicPartitionsDefinition(name="model_checkpoint")
+
+# Keys must survive the UI, CLI ranges ("a...b") and paths: no ",", "|", "/", "..." or spaces.
+CHECKPOINT_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def is_valid_checkpoint_key(key: str) -> bool:
+    return bool(CHECKPOINT_KEY_RE.match(key)) and "..." not in key

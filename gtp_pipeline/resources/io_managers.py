@@ -1,0 +1,33 @@
+"""ParquetIOManager: polars DataFrames as Parquet under the artifact root, one file per asset (partition)."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from gtp_pipeline.resources.storage import ArtifactStore
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """`<root>/<asset key path>/<partition or "data">.parquet`, written atomically."""
+
+    store: dg.ResourceDependency[ArtifactStore]
+
+    def _path(self, key: dg.AssetKey, partition: str | None) -> Path:
+        return self.store.path_for(*key.path, f"{partition or 'data'}.parquet")
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        from gtp_pipeline.core.atomic import write_parquet
+
+        partition = context.partition_key if context.has_partition_key else None
+        path = write_parquet(obj, self._path(context.asset_key, partition))
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "row_count": obj.height})
+
+    def load_input(self, context: dg.InputContext):
+        import polars as pl
+
+        key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        path = self._path(key, partition)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: materialize {key.to_user_string()} first")
+        return pl.read_parquet(path)
