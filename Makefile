@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 TEST_ARGS ?= -m "not slow and not cuda"
 
-.PHONY: setup data demo ui test test-all test-gpu bench-quick style quality clean
+.PHONY: setup data system demo ui test test-all test-gpu bench-quick style quality clean
 
 setup: $(SETUP_STAMP) data
 
@@ -26,16 +26,28 @@ $(SETUP_STAMP): pyproject.toml requirements-data.txt
 data: $(SETUP_STAMP)
 	$(BIN)/python -m gtp_pipeline.core.fetch
 
+# Debian packages the integration tests use (a real PostgreSQL server, headless Chromium). Installed
+# when we are root with apt-get (CI); elsewhere those tests skip and say why.
+system:
+	@missing=""; \
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note: integration tests need$$missing (Debian packages); they will be skipped"; fi; \
+	fi
+
 demo: setup
 	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/python -m gtp_pipeline.demo
 
 ui: setup
 	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000}
 
-test: setup
+test: setup system
 	$(BIN)/python -m pytest $(TEST_ARGS)
 
-test-all: setup
+test-all: setup system
 	$(BIN)/python -m pytest -m "not cuda"
 
 test-gpu: setup
