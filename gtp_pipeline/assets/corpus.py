@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from gtp_pipeline.assets.locations import corpus_version
 from gtp_pipeline.assets.metadata import counts_table, md_image, md_table
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -72,7 +73,7 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
     yield dg.Output(
         pool,
         output_name="raw_corpus",
-        data_version=dg.DataVersion(table_version(pool, ("example_id", "content_hash", "task", "contaminated"))),
+        data_version=dg.DataVersion(corpus_version(pool)),
         metadata={
             "examples": pool.height,
             "rows_read": built.n_read,

@@ -207,5 +207,15 @@ class FeatureStore:
     def example_ids(self) -> np.ndarray:
         return np.asarray(self._group["example_id"][:], dtype=object)
 
+    def content_hash(self) -> str:
+        """A hash of the store's identity and every written byte of its rows: its Dagster data version."""
+        if not self.is_complete():
+            raise StoreIncompleteError(f"store {self.path} has missing chunks {self.missing_chunks()[:5]}...")
+        digest = hashlib.sha256(json.dumps(self.meta.to_attrs(), sort_keys=True).encode())
+        for c in range(self.n_chunks):
+            digest.update(self.read_chunk(c).tobytes())
+        digest.update(np.packbits(self.valid_mask()).tobytes())
+        return digest.hexdigest()[:24]
+
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -30,6 +30,40 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """ClusterClip: embeddings, spherical k-means and the sampler (docs/algorithms.md §3.4)."""
+
+    K: int = 2000  # clusters; the official README example (the paper's K is not published)
+    R: int = 2  # repetition clip; Figure 1 of the paper illustrates R=2
+    max_iter: int = 300  # the official README's iteration cap
+    seed: int = 0
+    precision: str = "bf16"  # E-step GEMM precision; labels are certified equal to fp32 (core/kmeans.py)
+    embed_chunk_rows: int = 1024  # rows per resumable embedding chunk
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """How much data each selection method may choose, and how long a fine-tune sees it."""
+
+    budgets: tuple[float, ...] = (0.01, 0.05)  # fraction of the pool (< 1) or a count (>= 1)
+    train_epochs: int = 2  # passes over a selection; ClusterClip's plan gets the same number of draws
+    seed: int = 0
+
+
+def budget_count(budget: float, n_pool: int) -> int:
+    """A budget as a number of examples: a fraction of the pool (< 1) or a count (>= 1), at least 1."""
+    if budget <= 0:
+        raise ValueError(f"a budget must be > 0, got {budget}")
+    k = int(budget) if budget >= 1 else round(budget * n_pool)
+    return max(1, min(k, n_pool))
+
+
+def budget_label(budget: float) -> str:
+    """A partition-key-safe name for a budget: 0.05 -> "5pct", 1000 -> "n1000"."""
+    return f"{budget * 100:g}pct" if budget < 1 else f"n{int(budget)}"
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything that differs between tiny, demo and full."""
 
@@ -37,6 +71,8 @@ class Profile:
     pool: tuple[SourceSpec, ...]
     target: TargetSpec
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    clusters: ClusterSettings = field(default_factory=ClusterSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 TINY = Profile(
@@ -48,6 +84,8 @@ TINY = Profile(
     ),
     target=TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=4, n_test=24),
     corpus=CorpusConfig(max_chars=4_000),
+    clusters=ClusterSettings(K=8, max_iter=50, embed_chunk_rows=128),
+    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
 )
 
 DEMO = Profile(
@@ -60,6 +98,8 @@ DEMO = Profile(
     ),
     target=TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=8, n_test=200),
     corpus=CorpusConfig(max_chars=6_000),
+    clusters=ClusterSettings(K=24, max_iter=100, embed_chunk_rows=128),
+    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
 )
 
 FULL = Profile(

@@ -1,23 +1,36 @@
 """Resources per profile, chosen in one place (`resources_for_profile`)."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
+from gtp_pipeline.resources.compute import ComputeResource
+from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.io_managers import ParquetIOManager
+from gtp_pipeline.resources.models import HFFolderSource, ModelSource, SmolLM2Source, TinyModelSource
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
 ARTIFACT_ROOT_ENV = "GTP_ARTIFACT_ROOT"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_artifact_root(profile: str) -> str:
     """$GTP_ARTIFACT_ROOT, else `artifacts/<profile>` in the checkout."""
-    env = os.environ.get(ARTIFACT_ROOT_ENV)
-    if env:
-        return env
-    return str(Path(__file__).resolve().parents[2] / "artifacts" / profile)
+    return os.environ.get(ARTIFACT_ROOT_ENV) or str(REPO_ROOT / "artifacts" / profile)
+
+
+def _paths(env: str) -> list[str]:
+    return [p for p in os.environ.get(env, "").replace(",", ":").split(":") if p]
+
+
+def model_source_for_profile(profile: str) -> ModelSource:
+    """tiny: a random Llama; demo: SmolLM2 from its package; full: $GTP_MODEL_DIR (a local HF folder)."""
+    if profile == "tiny":
+        return TinyModelSource()
+    if profile == "demo":
+        cache = os.environ.get("GTP_MODEL_CACHE") or str(REPO_ROOT / ".data" / "models")
+        return SmolLM2Source(cache_dir=cache)
+    return HFFolderSource(path=os.environ.get("GTP_MODEL_DIR", ""))
 
 
 def resources_for_profile(profile: str, artifact_root: str | None = None) -> dict:
@@ -26,10 +39,14 @@ def resources_for_profile(profile: str, artifact_root: str | None = None) -> dic
     return {
         "profile": ProfileResource(
             name=profile,
-            corpus_files=[p for p in os.environ.get("GTP_CORPUS_FILES", "").replace(",", ":").split(":") if p],
-            target_files=[p for p in os.environ.get("GTP_TARGET_FILES", "").replace(",", ":").split(":") if p],
+            corpus_files=_paths("GTP_CORPUS_FILES"),
+            target_files=_paths("GTP_TARGET_FILES"),
             target_task=os.environ.get("GTP_TARGET_TASK") or None,
         ),
         "store": store,
         "io_manager": ParquetIOManager(store=store),
+        "compute": ComputeResource(device=os.environ.get("GTP_DEVICE", "auto")),
+        "model": model_source_for_profile(profile),
+        # tiny: shorter inputs keep the real MiniLM fast enough for tests
+        "embedder": EmbedderResource(model_dir=os.environ.get("GTP_EMBEDDER_DIR", ""), max_seq_length=128 if profile == "tiny" else 256),
     }

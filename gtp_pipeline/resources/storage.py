@@ -19,6 +19,8 @@ class ArtifactStore(dg.ConfigurableResource):
         base = Path(self.root).resolve()
         path = base.joinpath(*parts).resolve()
         if path != base and base not in path.parents:
-            raise ArtifactPathError(f"artifact path {'/'.join(parts)!r} resolves to {path}, outside the artifact root {base}")
+            raise ArtifactPathError(
+                f"artifact path {'/'.join(parts)!r} resolves to {path}, outside the artifact root {base}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
