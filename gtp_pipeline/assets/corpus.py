@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from gtp_pipeline.assets.locations import corpus_version
+from gtp_pipeline.assets.locations import corpus_version, target_version
 from gtp_pipeline.assets.metadata import counts_table, md_image, md_table
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -13,8 +13,7 @@ CORPUS_CODE_VERSION = "1"
 @dg.asset(group_name="corpus", kinds={"polars", "parquet"}, code_version=CORPUS_CODE_VERSION)
 def target_examples(context: dg.AssetExecutionContext, profile: ProfileResource) -> dg.Output:
     """The target task's dev examples (for target gradients) and its disjoint held-out test split."""
-    from gtp_pipeline.core.corpus import table_version
-    from gtp_pipeline.core.targets import TARGET_COLUMNS, load_target, target_frame
+    from gtp_pipeline.core.targets import load_target, target_frame
 
     spec = profile.settings().target
     examples, rejects = load_target(spec)
@@ -24,7 +23,7 @@ def target_examples(context: dg.AssetExecutionContext, profile: ProfileResource)
     context.log.info(f"target {spec.name}: {frame.height} examples over {frame['subtask'].n_unique()} subtask(s)")
     return dg.Output(
         frame,
-        data_version=dg.DataVersion(table_version(frame, TARGET_COLUMNS[:-2])),
+        data_version=dg.DataVersion(target_version(frame)),
         metadata={
             "task": spec.name,
             "dev_examples": int((frame["split"] == "dev").sum()),
@@ -68,7 +67,9 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
         f"read {built.n_read} rows: {pool.height} examples, {rejects.height} refused "
         f"({built.n_duplicates} duplicates, {built.n_contaminated} contaminated)"
     )
-    histogram = histogram_png(pool["n_tokens"].to_list(), bins=40, title="raw_corpus length", xlabel="n_tokens (words + punctuation)")
+    histogram = histogram_png(
+        pool["n_tokens"].to_list(), bins=40, title="raw_corpus length", xlabel="n_tokens (words + punctuation)"
+    )
     write_bytes(histogram, store.path_for("raw_corpus", "n_tokens_histogram.png"))
     yield dg.Output(
         pool,

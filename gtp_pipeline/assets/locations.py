@@ -16,6 +16,20 @@ def corpus_version(raw_corpus) -> str:
     return table_version(raw_corpus, ("example_id", "content_hash", "task", "contaminated"))
 
 
+def target_version(target_examples) -> str:
+    """The same content hash Dagster records as target_examples's data version."""
+    from gtp_pipeline.core.corpus import table_version
+    from gtp_pipeline.core.targets import TARGET_COLUMNS
+
+    return table_version(target_examples, TARGET_COLUMNS[:-2])
+
+
+def combined_hash(parts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
 def embeddings_path(store: ArtifactStore, version: str) -> Path:
     return store.path_for("embeddings", f"{version}.zarr")
 
@@ -28,5 +42,33 @@ def gradient_store_path(store: ArtifactStore, asset: str, checkpoint: str, versi
     return store.path_for(asset, checkpoint, f"{version}.zarr")
 
 
-def checkpoints_dir(store: ArtifactStore) -> Path:
-    return store.path_for("warmup_checkpoints", "checkpoints")
+WARMUP_KEY_PREFIX = "warmup-e"  # model_checkpoint keys of warm-up checkpoints; user checkpoints may not use it
+
+
+def warmup_dir(store: ArtifactStore, version: str) -> Path:
+    return store.path_for("warmup_checkpoints", version)
+
+
+def warmup_key(epoch: float) -> str:
+    return f"{WARMUP_KEY_PREFIX}{round(epoch)}"
+
+
+def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: str = ""):
+    """The checkpoint behind a model_checkpoint partition key: a warm-up epoch of this corpus, or a user folder."""
+    from gtp_pipeline.core.lora_train import list_checkpoints, read_checkpoint
+
+    if key.startswith(WARMUP_KEY_PREFIX):
+        found = [c for c in list_checkpoints(warmup_dir(store, version)) if warmup_key(c.epoch) == key]
+        if not found:
+            raise FileNotFoundError(
+                f"no warm-up checkpoint {key!r} for corpus {version}: materialize warmup_checkpoints first"
+            )
+        return found[-1]
+    if not user_dir:
+        raise FileNotFoundError(
+            f"checkpoint {key!r} is not a warm-up checkpoint and no checkpoint folder is configured (GTP_CHECKPOINT_DIR)"
+        )
+    path = Path(user_dir) / key
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    return read_checkpoint(path)

@@ -42,6 +42,26 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class GradientSettings:
+    """LESS's warm-up and gradient features, scaled per profile (docs/algorithms.md §1.1, DESIGN §5)."""
+
+    warmup_fraction: float = 0.05  # LESS: a random 5% of the pool
+    warmup_epochs: int = 4  # LESS: 4 epochs, one checkpoint each
+    lora_r: int = 128  # LESS
+    lora_alpha: float = 512.0  # LESS
+    lora_layers: int = 0  # LoRA on the top n layers only; 0 = every layer (LESS)
+    lr: float = 2e-5  # LESS
+    batch_size: int = 32  # training batch
+    max_len: int = 1024  # tokens per example (LESS 2048)
+    train_precision: str = "bf16"  # LESS trains in bf16
+    proj_dim: int = 8192  # LESS's default projection dimension
+    proj_seed: int = 0  # LESS/TRAK seed 0; shared by every checkpoint, candidates and targets
+    feature_precision: str = "bf16"  # bf16 features stay within cosine 0.99 of fp32 (bench/gradients.py)
+    feature_batch_size: int = 16
+    chunk_rows: int = 1024  # rows per resumable store chunk
+
+
+@dataclass(frozen=True)
 class BudgetSettings:
     """How much data each selection method may choose, and how long a fine-tune sees it."""
 
@@ -73,6 +93,7 @@ class Profile:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     clusters: ClusterSettings = field(default_factory=ClusterSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    gradients: GradientSettings = field(default_factory=GradientSettings)
 
 
 TINY = Profile(
@@ -86,6 +107,20 @@ TINY = Profile(
     corpus=CorpusConfig(max_chars=4_000),
     clusters=ClusterSettings(K=8, max_iter=50, embed_chunk_rows=128),
     budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
+    gradients=GradientSettings(
+        warmup_fraction=0.2,
+        warmup_epochs=2,
+        lora_r=4,
+        lora_alpha=16.0,
+        lr=1e-3,
+        batch_size=8,
+        max_len=96,  # ByT5 bytes
+        train_precision="fp32",
+        proj_dim=256,
+        feature_precision="fp32",
+        feature_batch_size=16,
+        chunk_rows=64,
+    ),
 )
 
 DEMO = Profile(
@@ -100,6 +135,20 @@ DEMO = Profile(
     corpus=CorpusConfig(max_chars=6_000),
     clusters=ClusterSettings(K=24, max_iter=100, embed_chunk_rows=128),
     budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
+    gradients=GradientSettings(
+        warmup_fraction=0.15,
+        warmup_epochs=2,
+        lora_r=8,
+        lora_alpha=32.0,
+        lr=2e-4,
+        batch_size=8,
+        max_len=128,
+        train_precision="bf16",
+        proj_dim=1024,
+        feature_precision="bf16",
+        feature_batch_size=8,
+        chunk_rows=64,
+    ),
 )
 
 FULL = Profile(
@@ -141,14 +190,20 @@ def get_profile(
         user = SourceSpec("files", files=tuple(corpus_files))
         profile = replace(profile, pool=(user,) if name == "full" else (*profile.pool, user))
     if target_files:
-        profile = replace(profile, target=replace(profile.target, name="target", kind="files", files=tuple(target_files), tasks=()))
+        profile = replace(
+            profile, target=replace(profile.target, name="target", kind="files", files=tuple(target_files), tasks=())
+        )
     elif target_task:
         kind = "gsm8k" if target_task == "gsm8k" else "bigbench"
         profile = replace(profile, target=replace(profile.target, name=target_task, kind=kind, tasks=(target_task,)))
     if not profile.pool:
-        raise ProfileError("profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',')")
+        raise ProfileError(
+            "profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',')"
+        )
     if profile.target.kind == "files" and not profile.target.files:
-        raise ProfileError("profile 'full' needs a target: set GTP_TARGET_FILES, or GTP_TARGET_TASK to a packaged task")
+        raise ProfileError(
+            "profile 'full' needs a target: set GTP_TARGET_FILES, or GTP_TARGET_TASK to a packaged task"
+        )
     return profile
 
 

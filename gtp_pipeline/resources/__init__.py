@@ -42,11 +42,14 @@ def resources_for_profile(profile: str, artifact_root: str | None = None) -> dic
             corpus_files=_paths("GTP_CORPUS_FILES"),
             target_files=_paths("GTP_TARGET_FILES"),
             target_task=os.environ.get("GTP_TARGET_TASK") or None,
+            checkpoint_dir=os.environ.get("GTP_CHECKPOINT_DIR", ""),
         ),
         "store": store,
         "io_manager": ParquetIOManager(store=store),
         "compute": ComputeResource(device=os.environ.get("GTP_DEVICE", "auto")),
         "model": model_source_for_profile(profile),
         # tiny: shorter inputs keep the real MiniLM fast enough for tests
-        "embedder": EmbedderResource(model_dir=os.environ.get("GTP_EMBEDDER_DIR", ""), max_seq_length=128 if profile == "tiny" else 256),
+        "embedder": EmbedderResource(
+            model_dir=os.environ.get("GTP_EMBEDDER_DIR", ""), max_seq_length=128 if profile == "tiny" else 256
+        ),
     }

@@ -12,6 +12,7 @@ class ProfileResource(dg.ConfigurableResource):
     corpus_files: list[str] = []  # JSONL/Parquet pool files (required for full)
     target_files: list[str] = []  # JSONL/Parquet target files
     target_task: str | None = None  # or a packaged target: "gsm8k", "strategyqa", ...
+    checkpoint_dir: str = ""  # a folder of the user's own LoRA checkpoints, watched by the checkpoint sensor
 
     def settings(self) -> Profile:
         return get_profile(self.name, tuple(self.corpus_files), tuple(self.target_files), self.target_task)

@@ -1,0 +1,251 @@
+"""Gradient stage: LoRA warm-up checkpoints, then per-checkpoint projected gradient features of pool and target."""
+
+import time
+
+import dagster as dg
+
+from gtp_pipeline.assets.locations import (
+    combined_hash,
+    corpus_version,
+    gradient_store_path,
+    resolve_checkpoint,
+    target_version,
+    warmup_dir,
+    warmup_key,
+)
+from gtp_pipeline.assets.metadata import md_table
+from gtp_pipeline.partitions import model_checkpoint
+from gtp_pipeline.resources.compute import ComputeResource
+from gtp_pipeline.resources.models import ModelSource
+from gtp_pipeline.resources.profile import ProfileResource
+from gtp_pipeline.resources.storage import ArtifactStore
+
+GRADIENTS_CODE_VERSION = "1"
+TRANSIENT = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)  # e.g. a CUDA OOM from a neighbour
+
+
+def lora_config(settings, epochs: int, n_layers: int | None = None):
+    """The profile's LoRA recipe as core's LoraTrainConfig (one recipe for warm-up and fine-tuning)."""
+    from gtp_pipeline.core.lora_train import LoraTrainConfig
+
+    g = settings.gradients
+    layers = tuple(range(n_layers - g.lora_layers, n_layers)) if g.lora_layers and n_layers else None
+    return LoraTrainConfig(
+        lora_r=g.lora_r,
+        lora_alpha=g.lora_alpha,
+        layers=layers,
+        lr=g.lr,
+        epochs=epochs,
+        batch_size=g.batch_size,
+        max_len=g.max_len,
+        precision=g.train_precision,
+        seed=settings.budgets.seed,
+    )
+
+
+@dg.asset(
+    group_name="gradients",
+    kinds={"torch", "safetensors"},
+    code_version=GRADIENTS_CODE_VERSION,
+    pool="gpu",
+    retry_policy=TRANSIENT,
+)
+def warmup_checkpoints(
+    context: dg.AssetExecutionContext,
+    raw_corpus,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    model: ModelSource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """LoRA warm-up checkpoints (adapter, Adam moments, LR weight), one per epoch; each becomes a model_checkpoint partition."""
+    from gtp_pipeline.core.lora_train import train_lora, warmup_subset
+
+    settings = profile.settings()
+    device = compute.configure_torch()
+    version = corpus_version(raw_corpus)
+    subset = warmup_subset(raw_corpus.height, settings.gradients.warmup_fraction, settings.budgets.seed)
+    rows = raw_corpus[subset]
+    examples = list(zip(rows["example_id"], rows["prompt"], rows["response"], strict=True))
+    loaded = model.load()
+    config = lora_config(settings, settings.gradients.warmup_epochs, loaded.model.config.num_hidden_layers)
+    context.log.info(
+        f"warm-up: {len(examples)} of {raw_corpus.height} examples, {config.epochs} epochs, LoRA r={config.lora_r}, device {device}"
+    )
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == total or step % 10 == 0:
+            context.log.info(f"warm-up step {step}/{total}: loss {loss:.4f}")
+
+    result = train_lora(
+        loaded.model,
+        loaded.tokenizer,
+        examples,
+        warmup_dir(store, version),
+        config,
+        loaded.model_id,
+        device=device,
+        progress=progress,
+    )
+    keys = [warmup_key(c.epoch) for c in result.checkpoints]
+    context.instance.add_dynamic_partitions(model_checkpoint.name, keys)
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoints": md_table(
+                [
+                    {
+                        "partition": k,
+                        "step": c.step,
+                        "epoch": c.epoch,
+                        "lr_weight": c.lr_weight,
+                        "mean_loss": c.mean_loss,
+                        "checkpoint_id": c.checkpoint_id,
+                    }
+                    for k, c in zip(keys, result.checkpoints, strict=True)
+                ]
+            ),
+            "partitions_registered": ", ".join(keys),
+            "warmup_examples": len(examples),
+            "excluded_examples": len(result.excluded),
+            "steps_run": result.steps_run,
+            "seconds": round(result.seconds, 1),
+            "model_id": loaded.model_id,
+            "path": dg.MetadataValue.path(str(warmup_dir(store, version))),
+        },
+        data_version=dg.DataVersion("-".join(c.checkpoint_id for c in result.checkpoints)),
+    )
+
+
+def _featurize_partitions(
+    context, examples, asset: str, kind: str, corpus_ver: str, store_key: str, profile, store, model, compute
+) -> dg.MaterializeResult:
+    """Shared body of the two gradient assets: one store per checkpoint key in this run (single-run backfills)."""
+    import polars as pl
+
+    from gtp_pipeline.core.atomic import write_parquet
+    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.core.featurize import FeatureConfig, featurize
+    from gtp_pipeline.core.projection import ProjectionConfig
+
+    settings = profile.settings()
+    g = settings.gradients
+    device = compute.configure_torch()
+    loaded = model.load()
+    config = FeatureConfig(
+        kind=kind,
+        projection=ProjectionConfig(dim=g.proj_dim, seed=g.proj_seed),
+        max_len=g.max_len,
+        batch_size=g.feature_batch_size,
+        chunk_rows=g.chunk_rows,
+        precision=g.feature_precision,
+    )
+    rows, hashes, invalid = [], [], []
+    for key in context.partition_keys:
+        start = time.perf_counter()
+        checkpoint = resolve_checkpoint(store, corpus_ver, key, profile.checkpoint_dir)
+        path = gradient_store_path(store, asset, key, store_key)
+
+        def progress(done: int, total: int, key=key) -> None:
+            context.log.info(f"{asset}[{key}]: {done}/{total} examples")
+
+        report = featurize(
+            loaded.model,
+            loaded.tokenizer,
+            examples,
+            path,
+            checkpoint,
+            config,
+            loaded.model_id,
+            {"data_version": store_key, "checkpoint": key},
+            device,
+            progress,
+        )
+        store_ = FeatureStore.open(path)
+        hashes.append(store_.content_hash())
+        invalid += [{"checkpoint": key, "example_id": e, "reason": r} for e, r in report.invalid]
+        rows.append(
+            {
+                "checkpoint": key,
+                "examples": report.n_examples,
+                "valid": report.n_valid,
+                "examples_per_s": round(report.examples_per_s, 2),
+                "chunks_resumed": report.chunks_skipped,
+                "projecting_share": round(report.seconds_projecting / max(report.seconds, 1e-9), 3),
+                "MB_on_disk": round(store_.nbytes_on_disk() / 1e6, 2),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+        context.log.info(
+            f"{asset}[{key}]: {report.n_valid}/{report.n_examples} valid, {report.examples_per_s:.1f} examples/s"
+        )
+    invalid_frame = pl.DataFrame(
+        invalid, schema={"checkpoint": pl.String, "example_id": pl.String, "reason": pl.String}
+    )
+    write_parquet(invalid_frame, store.path_for(asset, f"excluded-{store_key}.parquet"))
+    return dg.MaterializeResult(
+        metadata={
+            "per_checkpoint": md_table(rows),
+            "excluded_examples": md_table(invalid[:50]),
+            "excluded_count": len(invalid),
+            "projection": f"rademacher d={g.proj_dim} seed={g.proj_seed}",
+            "feature_kind": kind,
+            "model_id": loaded.model_id,
+            "precision": g.feature_precision,
+        },
+        data_version=dg.DataVersion(hashes[0] if len(hashes) == 1 else combined_hash(hashes)),
+    )
+
+
+@dg.asset(
+    partitions_def=model_checkpoint,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="gradients",
+    kinds={"torch", "zarr"},
+    code_version=GRADIENTS_CODE_VERSION,
+    pool="gpu",
+    retry_policy=TRANSIENT,
+    deps=["warmup_checkpoints"],
+)
+def gradient_trajectories(
+    context: dg.AssetExecutionContext,
+    raw_corpus,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    model: ModelSource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """Per checkpoint: every pool example's LoRA gradient as an Adam direction, projected and unit-normalized (Zarr, fp16)."""
+    examples = list(zip(raw_corpus["example_id"], raw_corpus["prompt"], raw_corpus["response"], strict=True))
+    version = corpus_version(raw_corpus)
+    return _featurize_partitions(
+        context, examples, "gradient_trajectories", "adam", version, version, profile, store, model, compute
+    )
+
+
+@dg.asset(
+    partitions_def=model_checkpoint,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="gradients",
+    kinds={"torch", "zarr"},
+    code_version=GRADIENTS_CODE_VERSION,
+    pool="gpu",
+    retry_policy=TRANSIENT,
+    deps=["warmup_checkpoints"],
+)
+def target_gradients(
+    context: dg.AssetExecutionContext,
+    raw_corpus,
+    target_examples,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    model: ModelSource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """Per checkpoint: the target dev examples' plain SGD LoRA gradients, same projection (Zarr, fp16)."""
+    dev = target_examples.filter(target_examples["split"] == "dev")
+    examples = list(zip(dev["example_id"], dev["prompt"], dev["response"], strict=True))
+    corpus_ver = corpus_version(raw_corpus)
+    store_key = f"{corpus_ver}-{target_version(target_examples)}"  # warm-up (corpus) x target set
+    return _featurize_partitions(
+        context, examples, "target_gradients", "sgd", corpus_ver, store_key, profile, store, model, compute
+    )
