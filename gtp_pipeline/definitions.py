@@ -17,7 +17,8 @@ from gtp_pipeline.resources import resources_for_profile
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([corpus, clusterclip, gradients]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
-    jobs=[automation.corpus_job],
+    jobs=[automation.corpus_job, automation.gradients_job],
     schedules=[automation.corpus_refresh_schedule],
+    sensors=[automation.automation_sensor, automation.new_checkpoint_sensor],
     resources=resources_for_profile(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)),
 )

@@ -6,6 +6,7 @@ import dagster as dg
 
 from gtp_pipeline.assets.locations import centroids_path, corpus_version, embeddings_path
 from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -29,7 +30,12 @@ class PlanConfig(dg.Config):
     seed: int = -1
 
 
-@dg.asset(group_name="clusterclip", kinds={"torch", "zarr"}, code_version=CLUSTERCLIP_CODE_VERSION)
+@dg.asset(
+    automation_condition=ON_INPUT_DATA_CHANGE,
+    group_name="clusterclip",
+    kinds={"torch", "zarr"},
+    code_version=CLUSTERCLIP_CODE_VERSION,
+)
 def embeddings(
     context: dg.AssetExecutionContext,
     raw_corpus,
@@ -73,7 +79,11 @@ def embeddings(
 
 
 @dg.asset(
-    group_name="clusterclip", kinds={"torch", "parquet"}, code_version=CLUSTERCLIP_CODE_VERSION, deps=["embeddings"]
+    automation_condition=ON_INPUT_DATA_CHANGE,
+    group_name="clusterclip",
+    kinds={"torch", "parquet"},
+    code_version=CLUSTERCLIP_CODE_VERSION,
+    deps=["embeddings"],
 )
 def clusters(
     context: dg.AssetExecutionContext,
@@ -161,7 +171,12 @@ def clusters(
     )
 
 
-@dg.asset(group_name="clusterclip", kinds={"numpy", "parquet"}, code_version=CLUSTERCLIP_CODE_VERSION)
+@dg.asset(
+    automation_condition=ON_INPUT_DATA_CHANGE,
+    group_name="clusterclip",
+    kinds={"numpy", "parquet"},
+    code_version=CLUSTERCLIP_CODE_VERSION,
+)
 def clusterclip_plan(context: dg.AssetExecutionContext, clusters, profile: ProfileResource, config: PlanConfig):
     """Sampling streams (step -> example_id) per budget: ClusterClip, and the paper's random and uniform baselines."""
     import numpy as np

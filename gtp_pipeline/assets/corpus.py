@@ -4,6 +4,7 @@ import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, target_version
 from gtp_pipeline.assets.metadata import counts_table, md_image, md_table
+from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
@@ -38,11 +39,13 @@ def target_examples(context: dg.AssetExecutionContext, profile: ProfileResource)
 @dg.multi_asset(
     outs={
         "raw_corpus": dg.AssetOut(
+            automation_condition=ON_INPUT_DATA_CHANGE,
             kinds={"polars", "parquet"},
             code_version=CORPUS_CODE_VERSION,
             description="The normalized candidate pool: example_id, content_hash, source, task, prompt, response, n_tokens.",
         ),
         "corpus_rejects": dg.AssetOut(
+            automation_condition=ON_INPUT_DATA_CHANGE,
             kinds={"polars", "parquet"},
             code_version=CORPUS_CODE_VERSION,
             description="Every input row that was refused, with its source, row number and reason.",

@@ -14,6 +14,7 @@ from gtp_pipeline.assets.locations import (
     warmup_key,
 )
 from gtp_pipeline.assets.metadata import md_table
+from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.partitions import model_checkpoint
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
@@ -44,6 +45,7 @@ def lora_config(settings, epochs: int, n_layers: int | None = None):
 
 
 @dg.asset(
+    automation_condition=ON_INPUT_DATA_CHANGE,
     group_name="gradients",
     kinds={"torch", "safetensors"},
     code_version=GRADIENTS_CODE_VERSION,
@@ -197,6 +199,7 @@ def _featurize_partitions(
 
 
 @dg.asset(
+    automation_condition=ON_INPUT_DATA_CHANGE,
     partitions_def=model_checkpoint,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="gradients",
@@ -223,6 +226,7 @@ def gradient_trajectories(
 
 
 @dg.asset(
+    automation_condition=ON_INPUT_DATA_CHANGE,
     partitions_def=model_checkpoint,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="gradients",
