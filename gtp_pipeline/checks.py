@@ -15,7 +15,9 @@ MAX_REJECT_SHARE = float(os.environ.get("GTP_MAX_REJECT_SHARE", "0.2"))
 @dg.asset_check(asset="raw_corpus", blocking=True, description="example_id is unique and no text is empty.")
 def raw_corpus_ids_unique(raw_corpus) -> dg.AssetCheckResult:
     n_ids = raw_corpus["example_id"].n_unique()
-    empty = int((raw_corpus["prompt"].str.len_chars() == 0).sum() + (raw_corpus["response"].str.len_chars() == 0).sum())
+    empty = int(
+        (raw_corpus["prompt"].str.len_chars() == 0).sum() + (raw_corpus["response"].str.len_chars() == 0).sum()
+    )
     return dg.AssetCheckResult(
         passed=n_ids == raw_corpus.height and empty == 0,
         metadata={"rows": raw_corpus.height, "unique_ids": n_ids, "empty_texts": empty},
@@ -31,7 +33,10 @@ def raw_corpus_contamination(raw_corpus) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=flagged.height == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"contaminated_in_pool": flagged.height, "example_ids": ", ".join(flagged["example_id"].head(20).to_list())},
+        metadata={
+            "contaminated_in_pool": flagged.height,
+            "example_ids": ", ".join(flagged["example_id"].head(20).to_list()),
+        },
     )
 
 
@@ -45,11 +50,17 @@ def corpus_reject_rate(corpus_rejects, raw_corpus) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=share <= MAX_REJECT_SHARE,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"refused_share": round(share, 4), "threshold": MAX_REJECT_SHARE, "refused_rows": corpus_rejects.height},
+        metadata={
+            "refused_share": round(share, 4),
+            "threshold": MAX_REJECT_SHARE,
+            "refused_rows": corpus_rejects.height,
+        },
     )
 
 
-@dg.asset_check(asset="target_examples", blocking=True, description="dev and test splits are disjoint and dev is non-empty.")
+@dg.asset_check(
+    asset="target_examples", blocking=True, description="dev and test splits are disjoint and dev is non-empty."
+)
 def target_splits_disjoint(target_examples) -> dg.AssetCheckResult:
     dev = set(target_examples.filter(target_examples["split"] == "dev")["content_hash"])
     test = set(target_examples.filter(target_examples["split"] == "test")["content_hash"])

@@ -34,7 +34,9 @@ def status_resolver(instance: dg.DagsterInstance, defs: dg.Definitions) -> Cachi
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
 
 
-def needs_run(instance: dg.DagsterInstance, defs: dg.Definitions, key: dg.AssetKey, partition: str | None = None) -> bool:
+def needs_run(
+    instance: dg.DagsterInstance, defs: dg.Definitions, key: dg.AssetKey, partition: str | None = None
+) -> bool:
     """True when the asset (partition) was never materialized or is stale."""
     return status_resolver(instance, defs).get_status(key, partition) != StaleStatus.FRESH
 
@@ -59,7 +61,9 @@ def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> l
     report = []
     for keys in _stages(defs):
         partitions_def = graph.get(keys[0]).partitions_def
-        partitions = [None] if partitions_def is None else partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        partitions = (
+            [None] if partitions_def is None else partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        )
         for partition in partitions:
             name = ", ".join(k.to_user_string() for k in keys) + (f" [{partition}]" if partition else "")
             if not any(needs_run(instance, defs, k, partition) for k in keys):
@@ -68,7 +72,9 @@ def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> l
                 continue
             log(f"  running     {name} ...")
             start = time.perf_counter()
-            result = job.execute_in_process(instance=instance, asset_selection=keys, partition_key=partition, raise_on_error=True)
+            result = job.execute_in_process(
+                instance=instance, asset_selection=keys, partition_key=partition, raise_on_error=True
+            )
             seconds = time.perf_counter() - start
             failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
             status = "materialized" + (f" (failed checks: {', '.join(failed)})" if failed else "")

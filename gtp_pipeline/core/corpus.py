@@ -127,7 +127,9 @@ def normalize(record: RawRecord, max_chars: int) -> Example | Reject:
             if key not in fields or fields[key] is None:
                 return reject(RejectReason.MISSING_FIELD, f"field {key!r} is missing")
             if not isinstance(fields[key], str):
-                return reject(RejectReason.WRONG_TYPE, f"field {key!r} must be a string, got {type(fields[key]).__name__}")
+                return reject(
+                    RejectReason.WRONG_TYPE, f"field {key!r} must be a string, got {type(fields[key]).__name__}"
+                )
         prompt, response = fields["prompt"], fields["response"]
     else:
         keys = sorted(map(str, fields))[:10]
@@ -192,7 +194,13 @@ def build_corpus(
             n_contaminated += 1
             if config.contamination == "exclude":
                 rejects.append(
-                    Reject(item.source, item.origin, item.row, RejectReason.TARGET_CONTAMINATION, "prompt is a target prompt")
+                    Reject(
+                        item.source,
+                        item.origin,
+                        item.row,
+                        RejectReason.TARGET_CONTAMINATION,
+                        "prompt is a target prompt",
+                    )
                 )
                 continue
         chash = content_hash(item.prompt, item.response)
@@ -251,6 +259,7 @@ def table_version(frame: Any, columns: tuple[str, ...]) -> str:
 
     if frame.height == 0:
         return hashlib.sha256(b"empty").hexdigest()[:24]
+
     def as_text(name: str):
         col = pl.col(name)
         if isinstance(frame.schema[name], pl.List):

@@ -78,7 +78,9 @@ def _compare(path: Path, expected: StoreMeta, found: dict[str, Any]) -> None:
             raise StoreMismatchError(path, key, want[key], found.get(key))
     for key in sorted(set(want["identity"]) | set(found.get("identity", {}))):
         if want["identity"].get(key) != found.get("identity", {}).get(key):
-            raise StoreMismatchError(path, f"identity.{key}", want["identity"].get(key), found.get("identity", {}).get(key))
+            raise StoreMismatchError(
+                path, f"identity.{key}", want["identity"].get(key), found.get("identity", {}).get(key)
+            )
 
 
 class FeatureStore:
@@ -99,13 +101,22 @@ class FeatureStore:
         if meta.n_rows != len(example_ids):
             raise ValueError(f"meta.n_rows={meta.n_rows} but {len(example_ids)} example ids were given")
         if meta.n_rows < 1 or meta.dim < 1 or meta.chunk_rows < 1:
-            raise ValueError(f"a store needs n_rows, dim and chunk_rows >= 1, got {meta.n_rows}, {meta.dim}, {meta.chunk_rows}")
+            raise ValueError(
+                f"a store needs n_rows, dim and chunk_rows >= 1, got {meta.n_rows}, {meta.dim}, {meta.chunk_rows}"
+            )
         if (path / "zarr.json").exists():
             store = cls.open(path)
             _compare(path, meta, store.meta.to_attrs())
             return store
         group = zarr.open_group(str(path), mode="w")
-        group.create_array("features", shape=(meta.n_rows, meta.dim), chunks=(meta.chunk_rows, meta.dim), dtype=meta.dtype, compressors=None, fill_value=0)
+        group.create_array(
+            "features",
+            shape=(meta.n_rows, meta.dim),
+            chunks=(meta.chunk_rows, meta.dim),
+            dtype=meta.dtype,
+            compressors=None,
+            fill_value=0,
+        )
         group.create_array("valid", shape=(meta.n_rows,), chunks=(meta.chunk_rows,), dtype="bool", fill_value=False)
         ids = group.create_array("example_id", shape=(meta.n_rows,), chunks=(meta.n_rows,), dtype=str)
         ids[:] = np.asarray(list(example_ids), dtype=str)
@@ -161,7 +172,9 @@ class FeatureStore:
         """Write one chunk's rows, then mark it done. Invalid rows must be zero (never NaN)."""
         start, stop = self.chunk_bounds(chunk)
         if features.shape != (stop - start, self.meta.dim):
-            raise ValueError(f"chunk {chunk} needs features of shape {(stop - start, self.meta.dim)}, got {features.shape}")
+            raise ValueError(
+                f"chunk {chunk} needs features of shape {(stop - start, self.meta.dim)}, got {features.shape}"
+            )
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != (stop - start,):
             raise ValueError(f"chunk {chunk} needs {stop - start} validity flags, got {valid.shape}")
@@ -179,7 +192,9 @@ class FeatureStore:
     # --- reading --------------------------------------------------------------------------------
     def _require(self, chunk: int) -> None:
         if not self.is_chunk_done(chunk):
-            raise StoreIncompleteError(f"chunk {chunk} of {self.path} has not been written; rerun the asset that fills it")
+            raise StoreIncompleteError(
+                f"chunk {chunk} of {self.path} has not been written; rerun the asset that fills it"
+            )
 
     def read_chunk(self, chunk: int) -> np.ndarray:
         """One chunk's rows as fp16 (rows x dim), read straight from its raw chunk file."""

@@ -121,7 +121,9 @@ def fetch_bigbench(root: Path | None = None, tasks: tuple[str, ...] = BIGBENCH_T
             with tf.extractfile(member) as src, open(dest, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             n_files += 1
-    (staging / MANIFEST).write_text(json.dumps({"source": BIGBENCH_URL, "sha256": BIGBENCH_SHA256, "tasks": sorted(wanted)}))
+    (staging / MANIFEST).write_text(
+        json.dumps({"source": BIGBENCH_URL, "sha256": BIGBENCH_SHA256, "tasks": sorted(wanted)})
+    )
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)  # atomic: a half-extracted folder is never mistaken for a complete one
     tarball.unlink()  # 358 MB we no longer need; the manifest says what was extracted

@@ -74,7 +74,9 @@ def bbc_news(topics: tuple[str, ...] | None = None, limit_per_task: int | None =
                 text = raw.decode("cp1252", errors="replace")  # the 2005 files are Windows-1252 (the £ sign)
             title, _, body = text.strip().partition("\n")
             prompt = f"Write a BBC News article for the {topic} section with the headline: {title.strip()}"
-            yield RawRecord("bbc_news", _origin(path, pkg), i, fields={"prompt": prompt, "response": body.strip(), "task": topic})
+            yield RawRecord(
+                "bbc_news", _origin(path, pkg), i, fields={"prompt": prompt, "response": body.strip(), "task": topic}
+            )
 
 
 def sharegpt(
@@ -135,7 +137,12 @@ def natural_instructions(
             if isinstance(target, list):
                 target = target[0] if target else ""
             prompt = f"{definition}\n\nInput: {ex.get('input', '')}"
-            yield RawRecord("natural_instructions", _origin(path, base), i, fields={"prompt": prompt, "response": target, "task": name})
+            yield RawRecord(
+                "natural_instructions",
+                _origin(path, base),
+                i,
+                fields={"prompt": prompt, "response": target, "task": name},
+            )
 
 
 POOL_SOURCES = {

@@ -23,7 +23,9 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
-def histogram_png(values: Sequence[float], bins: int = 30, title: str = "", xlabel: str = "", log_y: bool = False) -> bytes:
+def histogram_png(
+    values: Sequence[float], bins: int = 30, title: str = "", xlabel: str = "", log_y: bool = False
+) -> bytes:
     plt, (fig, ax) = _figure()
     ax.hist(list(values), bins=bins, color="#3b6ea5", edgecolor="white")
     ax.set_title(title)
@@ -34,7 +36,9 @@ def histogram_png(values: Sequence[float], bins: int = 30, title: str = "", xlab
     return _png(plt, fig)
 
 
-def bar_png(labels: Sequence[str], values: Sequence[float], title: str = "", ylabel: str = "", horizontal: bool = False) -> bytes:
+def bar_png(
+    labels: Sequence[str], values: Sequence[float], title: str = "", ylabel: str = "", horizontal: bool = False
+) -> bytes:
     plt, (fig, ax) = _figure(6.0, max(3.2, 0.22 * len(labels)) if horizontal else 3.2)
     if horizontal:
         ax.barh(list(labels), list(values), color="#3b6ea5")
@@ -48,7 +52,13 @@ def bar_png(labels: Sequence[str], values: Sequence[float], title: str = "", yla
     return _png(plt, fig)
 
 
-def lines_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "", xlabel: str = "", ylabel: str = "", log_x: bool = False) -> bytes:
+def lines_png(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    log_x: bool = False,
+) -> bytes:
     """One line per name: {name: (xs, ys)}."""
     plt, (fig, ax) = _figure()
     for name, (xs, ys) in series.items():

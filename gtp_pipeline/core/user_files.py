@@ -67,7 +67,9 @@ def read_parquet(path: str | Path, source: str | None = None) -> Iterator[RawRec
     try:
         frame = pl.read_parquet(path)
     except Exception as err:  # polars raises several unrelated types for a corrupt or missing file
-        yield RawRecord(src, str(path), 0, error=RejectReason.UNREADABLE_FILE, detail=f"{type(err).__name__}: {err}"[:300])
+        yield RawRecord(
+            src, str(path), 0, error=RejectReason.UNREADABLE_FILE, detail=f"{type(err).__name__}: {err}"[:300]
+        )
         return
     binary_cols = [name for name, dtype in frame.schema.items() if dtype == pl.Binary]
     for rowno, row in enumerate(frame.iter_rows(named=True), 1):
