@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import dagster as dg
@@ -9,6 +10,12 @@ import dagster as dg
 # One partition per warm-up (or user) checkpoint; keys are registered by the asset that writes them
 # and by the checkpoint sensor.
 model_checkpoint = dg.DynamicPartitionsDefinition(name="model_checkpoint")
+
+# Shards split a checkpoint's gradient work into independent units any worker can run (store chunk c belongs
+# to shard c % N_SHARDS). Fixed at load time because partitions are; set GTP_GRADIENT_SHARDS to change it.
+N_SHARDS = int(os.environ.get("GTP_GRADIENT_SHARDS", "2"))
+gradient_shard = dg.StaticPartitionsDefinition([str(i) for i in range(N_SHARDS)])
+checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint, "shard": gradient_shard})
 
 # Keys must survive the UI, CLI ranges ("a...b") and paths: no ",", "|", "/", "..." or spaces.
 CHECKPOINT_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -6,3 +6,4 @@ import warnings
 # beta. Silence that one warning, nothing else.
 warnings.filterwarnings("ignore", message=r"Parameter `data_version` of initializer `Output.__init__`")
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`")  # single-run backfills
+warnings.filterwarnings("ignore", message=r"Class `MultiToSingleDimensionPartitionMapping`")  # shards -> checkpoint

@@ -15,7 +15,7 @@ from gtp_pipeline.assets.locations import (
 )
 from gtp_pipeline.assets.metadata import md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
-from gtp_pipeline.partitions import model_checkpoint
+from gtp_pipeline.partitions import N_SHARDS, checkpoint_shard, model_checkpoint
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
 from gtp_pipeline.resources.profile import ProfileResource
@@ -118,6 +118,78 @@ def warmup_checkpoints(
     )
 
 
+def feature_config(profile: ProfileResource, kind: str):
+    """The profile's gradient-feature settings as core's FeatureConfig ("adam" candidates, "sgd" targets)."""
+    from gtp_pipeline.core.featurize import FeatureConfig
+    from gtp_pipeline.core.projection import ProjectionConfig
+
+    g = profile.settings().gradients
+    return FeatureConfig(
+        kind=kind,
+        projection=ProjectionConfig(dim=g.proj_dim, seed=g.proj_seed),
+        max_len=g.max_len,
+        batch_size=g.feature_batch_size,
+        chunk_rows=g.chunk_rows,
+        precision=g.feature_precision,
+    )
+
+
+@dg.asset(
+    partitions_def=checkpoint_shard,
+    group_name="gradients",
+    kinds={"torch", "zarr"},
+    code_version=GRADIENTS_CODE_VERSION,
+    pool="gpu",
+    retry_policy=TRANSIENT,
+    deps=["warmup_checkpoints"],
+    automation_condition=ON_INPUT_DATA_CHANGE,
+)
+def gradient_shards(
+    context: dg.AssetExecutionContext,
+    raw_corpus,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    model: ModelSource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """One shard of a checkpoint's pool gradient features: store chunks c with c % shards == shard, in the shared store."""
+    from gtp_pipeline.core.featurize import featurize
+
+    key = context.partition_key.keys_by_dimension
+    checkpoint_key, shard = key["checkpoint"], int(key["shard"])
+    version = corpus_version(raw_corpus)
+    examples = list(zip(raw_corpus["example_id"], raw_corpus["prompt"], raw_corpus["response"], strict=True))
+    config = feature_config(profile, "adam")
+    n_chunks = -(-len(examples) // config.chunk_rows)
+    mine = [c for c in range(n_chunks) if c % N_SHARDS == shard]
+    loaded = model.load()
+    report = featurize(
+        loaded.model,
+        loaded.tokenizer,
+        examples,
+        gradient_store_path(store, "gradient_trajectories", checkpoint_key, version),
+        resolve_checkpoint(store, version, checkpoint_key, profile.checkpoint_dir),
+        config,
+        loaded.model_id,
+        {"data_version": version, "checkpoint": checkpoint_key},
+        compute.configure_torch(),
+        chunks=mine,
+    )
+    context.log.info(
+        f"shard {shard}/{N_SHARDS} of {checkpoint_key}: {len(mine)} chunks, {report.examples_per_s:.1f} examples/s"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "chunks": len(mine),
+            "chunks_resumed": report.chunks_skipped,
+            "examples": report.n_examples,
+            "valid": report.n_valid,
+            "examples_per_s": round(report.examples_per_s, 2),
+            "seconds": round(report.seconds, 1),
+        }
+    )
+
+
 def _featurize_partitions(
     context, examples, asset: str, kind: str, corpus_ver: str, store_key: str, profile, store, model, compute
 ) -> dg.MaterializeResult:
@@ -126,21 +198,12 @@ def _featurize_partitions(
 
     from gtp_pipeline.core.atomic import write_parquet
     from gtp_pipeline.core.feature_store import FeatureStore
-    from gtp_pipeline.core.featurize import FeatureConfig, featurize
-    from gtp_pipeline.core.projection import ProjectionConfig
+    from gtp_pipeline.core.featurize import featurize
 
-    settings = profile.settings()
-    g = settings.gradients
+    g = profile.settings().gradients
     device = compute.configure_torch()
     loaded = model.load()
-    config = FeatureConfig(
-        kind=kind,
-        projection=ProjectionConfig(dim=g.proj_dim, seed=g.proj_seed),
-        max_len=g.max_len,
-        batch_size=g.feature_batch_size,
-        chunk_rows=g.chunk_rows,
-        precision=g.feature_precision,
-    )
+    config = feature_config(profile, kind)
     rows, hashes, invalid = [], [], []
     for key in context.partition_keys:
         start = time.perf_counter()
@@ -207,7 +270,13 @@ def _featurize_partitions(
     code_version=GRADIENTS_CODE_VERSION,
     pool="gpu",
     retry_policy=TRANSIENT,
-    deps=["warmup_checkpoints"],
+    deps=[
+        "warmup_checkpoints",
+        dg.AssetDep(
+            "gradient_shards",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="checkpoint"),
+        ),
+    ],
 )
 def gradient_trajectories(
     context: dg.AssetExecutionContext,
@@ -217,7 +286,10 @@ def gradient_trajectories(
     model: ModelSource,
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
-    """Per checkpoint: every pool example's LoRA gradient as an Adam direction, projected and unit-normalized (Zarr, fp16)."""
+    """Per checkpoint: every pool example's LoRA gradient as an Adam direction, projected and unit-normalized (Zarr, fp16).
+
+    Chunks already written by gradient_shards (e.g. on other workers) are kept; any missing chunk is computed here.
+    """
     examples = list(zip(raw_corpus["example_id"], raw_corpus["prompt"], raw_corpus["response"], strict=True))
     version = corpus_version(raw_corpus)
     return _featurize_partitions(

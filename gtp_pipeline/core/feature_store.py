@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,7 +110,10 @@ class FeatureStore:
             store = cls.open(path)
             _compare(path, meta, store.meta.to_attrs())
             return store
-        group = zarr.open_group(str(path), mode="w")
+        # Build the store under a temp name and rename it into place: workers that create the same store at
+        # once (gradient shards) race on the rename, and the losers open the winner's store and compare.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        group = zarr.open_group(str(tmp), mode="w")
         group.create_array(
             "features",
             shape=(meta.n_rows, meta.dim),
@@ -120,9 +125,17 @@ class FeatureStore:
         group.create_array("valid", shape=(meta.n_rows,), chunks=(meta.chunk_rows,), dtype="bool", fill_value=False)
         ids = group.create_array("example_id", shape=(meta.n_rows,), chunks=(meta.n_rows,), dtype=str)
         ids[:] = np.asarray(list(example_ids), dtype=str)
-        (path / "done").mkdir(exist_ok=True)
-        group.attrs["meta"] = meta.to_attrs()  # written last: a store without meta is not a store yet
-        return cls(path, meta, group)
+        (tmp / "done").mkdir(exist_ok=True)
+        group.attrs["meta"] = meta.to_attrs()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process created it first
+            shutil.rmtree(tmp, ignore_errors=True)
+            store = cls.open(path)
+            _compare(path, meta, store.meta.to_attrs())
+            return store
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path, expected: StoreMeta | None = None) -> FeatureStore:

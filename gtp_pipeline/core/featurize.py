@@ -205,6 +205,7 @@ def featurize(
     progress: Callable[[int, int], None] | None = None,
     store_kind: str | None = None,
     projector: BlockProjector | None = None,
+    chunks: Sequence[int] | None = None,
 ) -> FeaturizeReport:
     """Compute the features of (example_id, prompt, response) examples into the store at store_path; resumes.
 
@@ -239,8 +240,14 @@ def featurize(
     encoded: list[Encoded | Excluded] = [
         encode_example(tokenizer, p, r, config.max_len, config.min_prompt_tokens) for _, p, r in examples
     ]
-    missing = store.missing_chunks()
-    invalid: dict[int, str] = {i: e.reason for i, e in enumerate(encoded) if isinstance(e, Excluded)}
+    scope = sorted(set(range(store.n_chunks) if chunks is None else chunks))
+    if scope and not 0 <= scope[0] <= scope[-1] < store.n_chunks:
+        raise ValueError(f"chunks must lie in 0..{store.n_chunks - 1}, got {scope[0]}..{scope[-1]}")
+    in_scope = np.zeros(len(examples), dtype=bool)  # (n,) rows this call reports on
+    for c in scope:
+        in_scope[slice(*store.chunk_bounds(c))] = True
+    missing = [c for c in store.missing_chunks() if c in set(scope)]
+    invalid: dict[int, str] = {i: e.reason for i, e in enumerate(encoded) if isinstance(e, Excluded) and in_scope[i]}
     rows_to_do = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in missing)
     t_grad = t_proj = 0.0
     rows_computed = 0
@@ -268,16 +275,16 @@ def featurize(
 
     # Invalid rows of chunks done by an earlier run: their exact reason was not stored.
     valid_mask = store.valid_mask()
-    for i in np.flatnonzero(~valid_mask).tolist():
+    for i in np.flatnonzero(~valid_mask & in_scope).tolist():
         invalid.setdefault(i, INVALID_IN_EARLIER_RUN)
     seconds = time.perf_counter() - t_start
     return FeaturizeReport(
         store_path=str(store_path),
-        n_examples=len(examples),
-        n_valid=int(valid_mask.sum()),
+        n_examples=int(in_scope.sum()),
+        n_valid=int((valid_mask & in_scope).sum()),
         invalid=[(ids[i], invalid[i]) for i in sorted(invalid)],
         chunks_written=len(missing),
-        chunks_skipped=store.n_chunks - len(missing),
+        chunks_skipped=len(scope) - len(missing),
         seconds=seconds,
         seconds_gradients=t_grad,
         seconds_projecting=t_proj,
