@@ -17,6 +17,29 @@ N_SHARDS = int(os.environ.get("GTP_GRADIENT_SHARDS", "2"))
 gradient_shard = dg.StaticPartitionsDefinition([str(i) for i in range(N_SHARDS)])
 checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint, "shard": gradient_shard})
 
+
+def _profile_for_partitions():
+    """The profile GTP_PROFILE names, without the user-file checks (partitions only need its budgets and seeds)."""
+    from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV, PROFILES
+
+    return PROFILES.get(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE), PROFILES[DEFAULT_PROFILE])
+
+
+def _finetune_partitions() -> dg.MultiPartitionsDefinition:
+    from gtp_pipeline.core.profiles import finetune_runs
+
+    profile = _profile_for_partitions()
+    return dg.MultiPartitionsDefinition(
+        {
+            "run": dg.StaticPartitionsDefinition(finetune_runs(profile)),  # "<method>-<budget>" and "full"
+            "seed": dg.StaticPartitionsDefinition([str(s) for s in profile.budgets.finetune_seeds]),
+        }
+    )
+
+
+# One fine-tune per (method at a budget, seed); the profile decides the budgets and seeds.
+finetune_partitions = _finetune_partitions()
+
 # Keys must survive the UI, CLI ranges ("a...b") and paths: no ",", "|", "/", "..." or spaces.
 CHECKPOINT_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -43,7 +43,10 @@ def test_find_checkpoints_skips_incomplete_folders(user_checkpoints):
 def test_sensor_registers_new_checkpoint_folders_and_requests_their_features(user_checkpoints):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(model_checkpoint.name, ["run-a"])  # already known
-        context = dg.build_sensor_context(instance=instance, resources={"profile": ProfileResource(name="tiny", checkpoint_dir=str(user_checkpoints))})
+        context = dg.build_sensor_context(
+            instance=instance,
+            resources={"profile": ProfileResource(name="tiny", checkpoint_dir=str(user_checkpoints))},
+        )
         result = new_checkpoint_sensor(context)
         assert [r.partition_key for r in result.run_requests] == ["run-b", "run-c"]
         assert result.dynamic_partitions_requests[0].partition_keys == ["run-b", "run-c"]
@@ -55,10 +58,17 @@ def test_single_run_backfill_over_three_checkpoints_writes_three_partitions_in_o
     res = resources_for_profile("tiny", artifact_root=str(tmp_path))
     res["profile"] = ProfileResource(name="tiny", checkpoint_dir=str(user_checkpoints))
     with dg.instance_for_test() as instance:
-        dg.materialize(ASSETS, resources=res, instance=instance, selection=["target_examples", "raw_corpus", "corpus_rejects"])
+        dg.materialize(
+            ASSETS, resources=res, instance=instance, selection=["target_examples", "raw_corpus", "corpus_rejects"]
+        )
         instance.add_dynamic_partitions(model_checkpoint.name, USER_KEYS)
-        tags = {"dagster/asset_partition_range_start": USER_KEYS[0], "dagster/asset_partition_range_end": USER_KEYS[-1]}
-        result = dg.materialize(ASSETS, resources=res, instance=instance, selection=["gradient_trajectories"], tags=tags)
+        tags = {
+            "dagster/asset_partition_range_start": USER_KEYS[0],
+            "dagster/asset_partition_range_end": USER_KEYS[-1],
+        }
+        result = dg.materialize(
+            ASSETS, resources=res, instance=instance, selection=["gradient_trajectories"], tags=tags
+        )
         assert result.success
         partitions = sorted(e.materialization.partition for e in result.get_asset_materialization_events())
         assert partitions == USER_KEYS
@@ -74,5 +84,9 @@ def test_nightly_schedule_runs_the_corpus_job():
     assert schedule.cron_schedule == "0 3 * * *"
     assert schedule.job_name == "corpus_job"
     job = defs.resolve_job_def("corpus_job")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"target_examples", "raw_corpus", "corpus_rejects"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "target_examples",
+        "raw_corpus",
+        "corpus_rejects",
+    }
     assert len(corpus_refresh_schedule.evaluate_tick(dg.build_schedule_context()).run_requests) == 1

@@ -5,7 +5,24 @@ import sys
 
 import dagster as dg
 
-CONTRACT_ASSETS = {"raw_corpus", "corpus_rejects", "target_examples"}
+# The asset contract (DESIGN §3): these names are the public interface.
+CONTRACT_ASSETS = {
+    "raw_corpus",
+    "corpus_rejects",
+    "target_examples",
+    "embeddings",
+    "clusters",
+    "warmup_checkpoints",
+    "gradient_trajectories",
+    "target_gradients",
+    "gtp_selection",
+    "topk_selection",
+    "random_selection",
+    "clusterclip_plan",
+    "finetuned_model",
+    "evaluation",
+    "selection_report",
+}
 
 
 def test_definitions_load_and_validate():
@@ -14,7 +31,8 @@ def test_definitions_load_and_validate():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert CONTRACT_ASSETS <= keys
-    assert defs.resolve_job_def("corpus_job")
+    assert defs.resolve_job_def("corpus_job") and defs.resolve_job_def("gradients_job")
+    assert {s.name for s in defs.sensors} == {"automation", "new_checkpoint_sensor"}
 
 
 def test_every_asset_has_a_code_version_group_and_description():
@@ -26,6 +44,7 @@ def test_every_asset_has_a_code_version_group_and_description():
         assert node.code_version, key
         assert node.group_name and node.group_name != "default", key
         assert node.description, key
+        assert node.kinds, key
 
 
 def test_loading_definitions_imports_no_torch_or_transformers():

@@ -25,7 +25,9 @@ def resources(root, corpus_files=()):
 @pytest.fixture
 def extra_file(tmp_path):
     path = tmp_path / "extra.jsonl"
-    path.write_text(json.dumps({"prompt": "A question nobody asked before?", "response": "An answer nobody gave."}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "A question nobody asked before?", "response": "An answer nobody gave."}) + "\n"
+    )
     return path
 
 
@@ -37,7 +39,10 @@ def test_new_code_version_makes_the_asset_stale(tmp_path):
     with dg.instance_for_test() as instance:
         dg.materialize(ASSETS, resources=resources(tmp_path), instance=instance, selection=[*CORPUS, "embeddings"])
         assert status(instance, ASSETS, EMBEDDINGS, tmp_path) == StaleStatus.FRESH
-        bumped = [a.map_asset_specs(lambda s: s.replace_attributes(code_version="bumped")) if EMBEDDINGS in a.keys else a for a in ASSETS]
+        bumped = [
+            a.map_asset_specs(lambda s: s.replace_attributes(code_version="bumped")) if EMBEDDINGS in a.keys else a
+            for a in ASSETS
+        ]
         resolver = status_resolver(instance, dg.Definitions(assets=bumped, resources=resources(tmp_path)))
         assert resolver.get_status(EMBEDDINGS) == StaleStatus.STALE
         assert resolver.get_stale_causes(EMBEDDINGS)[0].category.value == "CODE"
@@ -68,7 +73,9 @@ def test_failing_blocking_check_stops_downstream_assets(tmp_path):
     res["profile"] = ProfileResource(name="tiny", target_files=[str(target)])
     from gtp_pipeline import checks
 
-    result = dg.materialize([*ASSETS, *dg.load_asset_checks_from_modules([checks])], resources=res, selection=CORPUS, raise_on_error=False)
+    result = dg.materialize(
+        [*ASSETS, *dg.load_asset_checks_from_modules([checks])], resources=res, selection=CORPUS, raise_on_error=False
+    )
     assert not result.success
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations["target_splits_disjoint"] is False

@@ -25,7 +25,9 @@ GRADIENTS_CODE_VERSION = "1"
 TRANSIENT = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)  # e.g. a CUDA OOM from a neighbour
 
 
-def lora_config(settings, epochs: int, n_layers: int | None = None):
+def lora_config(
+    settings, epochs: int, n_layers: int | None = None, seed: int | None = None, save_every_steps: int = 0
+):
     """The profile's LoRA recipe as core's LoraTrainConfig (one recipe for warm-up and fine-tuning)."""
     from gtp_pipeline.core.lora_train import LoraTrainConfig
 
@@ -40,7 +42,8 @@ def lora_config(settings, epochs: int, n_layers: int | None = None):
         batch_size=g.batch_size,
         max_len=g.max_len,
         precision=g.train_precision,
-        seed=settings.budgets.seed,
+        seed=settings.budgets.seed if seed is None else seed,
+        save_every_steps=save_every_steps,
     )
 
 

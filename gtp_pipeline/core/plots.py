@@ -70,3 +70,35 @@ def lines_png(
         ax.set_xscale("log")
     ax.legend()
     return _png(plt, fig)
+
+
+def stacked_bar_png(
+    labels: Sequence[str], series: dict[str, Sequence[float]], title: str = "", ylabel: str = ""
+) -> bytes:
+    """One bar per label, stacked by series name ({name: values aligned with labels})."""
+    plt, (fig, ax) = _figure(7.0, 3.6)
+    bottom = [0.0] * len(labels)
+    for name, values in series.items():
+        ax.bar(list(labels), list(values), bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    return _png(plt, fig)
+
+
+def heatmap_png(matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str = "") -> bytes:
+    """A square matrix with its values written in the cells (e.g. overlap between selections)."""
+    plt, (fig, ax) = _figure(4.2, 3.6)
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45)
+    ax.set_yticks(range(len(labels)), labels)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="black" if value < 0.6 else "white"
+            )
+    fig.colorbar(image, ax=ax)
+    ax.set_title(title)
+    return _png(plt, fig)

@@ -67,7 +67,9 @@ class BudgetSettings:
 
     budgets: tuple[float, ...] = (0.01, 0.05)  # fraction of the pool (< 1) or a count (>= 1)
     train_epochs: int = 2  # passes over a selection; ClusterClip's plan gets the same number of draws
-    seed: int = 0
+    seed: int = 0  # warm-up subset, selections' random baseline
+    finetune_seeds: tuple[int, ...] = (0, 1)  # each fine-tune runs once per seed; reports give mean and spread
+    eval_batch_size: int = 16
 
 
 def budget_count(budget: float, n_pool: int) -> int:
@@ -106,7 +108,7 @@ TINY = Profile(
     target=TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=4, n_test=24),
     corpus=CorpusConfig(max_chars=4_000),
     clusters=ClusterSettings(K=8, max_iter=50, embed_chunk_rows=128),
-    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
+    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2, finetune_seeds=(0,), eval_batch_size=32),
     gradients=GradientSettings(
         warmup_fraction=0.2,
         warmup_epochs=2,
@@ -131,10 +133,10 @@ DEMO = Profile(
         SourceSpec("sharegpt", limit=40),
         SourceSpec("bbc_news", limit_per_task=4),
     ),
-    target=TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=8, n_test=200),
+    target=TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=8, n_test=100),
     corpus=CorpusConfig(max_chars=6_000),
     clusters=ClusterSettings(K=24, max_iter=100, embed_chunk_rows=128),
-    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2),
+    budgets=BudgetSettings(budgets=(0.05, 0.2), train_epochs=2, finetune_seeds=(0,)),
     gradients=GradientSettings(
         warmup_fraction=0.15,
         warmup_epochs=2,
@@ -151,6 +153,22 @@ DEMO = Profile(
     ),
 )
 
+# The experiment behind docs/RESULTS.md: the demo's sources and model with a ~4x larger pool, the 1% and 5%
+# budgets, and two fine-tune seeds, so that differences between methods can rise above seed noise.
+EXPERIMENT = replace(
+    DEMO,
+    name="experiment",
+    pool=(
+        SourceSpec("natural_instructions", limit_per_task=15),
+        SourceSpec("chatterbot", limit_per_task=10),
+        SourceSpec("sharegpt", limit=100),
+        SourceSpec("bbc_news", limit_per_task=10),
+    ),
+    target=replace(DEMO.target, n_test=300),
+    clusters=replace(DEMO.clusters, K=64),
+    budgets=BudgetSettings(budgets=(0.01, 0.05), train_epochs=3, finetune_seeds=(0, 1)),
+)
+
 FULL = Profile(
     name="full",
     pool=(),  # filled from GTP_CORPUS_FILES (or run config) by `profile_from_env`
@@ -158,7 +176,14 @@ FULL = Profile(
     corpus=CorpusConfig(max_chars=50_000),
 )
 
-PROFILES = {p.name: p for p in (TINY, DEMO, FULL)}
+PROFILES = {p.name: p for p in (TINY, DEMO, EXPERIMENT, FULL)}
+
+FINETUNE_METHODS = ("gtp", "topk", "random", "clusterclip")  # each trained at every budget; plus "full" data
+
+
+def finetune_runs(profile: Profile) -> list[str]:
+    """Fine-tune run names: "<method>-<budget label>" for every method and budget, then "full"."""
+    return [f"{m}-{budget_label(b)}" for m in FINETUNE_METHODS for b in profile.budgets.budgets] + ["full"]
 
 
 class ProfileError(ValueError):

@@ -13,7 +13,11 @@ ASSETS = [*dg.load_assets_from_modules([corpus]), *dg.load_asset_checks_from_mod
 
 
 def materialization(result, key):
-    return next(e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key.to_user_string() == key)
+    return next(
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == key
+    )
 
 
 def test_corpus_assets_materialize_on_the_tiny_profile(tiny_resources, tmp_path):
@@ -52,9 +56,13 @@ def test_users_files_feed_the_full_profile_and_bad_rows_go_to_rejects(tmp_path, 
     )
     target = tmp_path / "target.jsonl"
     target.write_text(
-        "\n".join(json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i), "subtask": "sums"}) for i in range(6))
+        "\n".join(
+            json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i), "subtask": "sums"}) for i in range(6)
+        )
         + "\n"
-        + json.dumps({"prompt": "What is the capital of France?", "response": "Paris", "subtask": "geo", "split": "test"})
+        + json.dumps(
+            {"prompt": "What is the capital of France?", "response": "Paris", "subtask": "geo", "split": "test"}
+        )
     )
     monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
     monkeypatch.setenv("GTP_TARGET_FILES", str(target))

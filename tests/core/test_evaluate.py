@@ -18,7 +18,15 @@ def known_model(logits: np.ndarray) -> LlamaForCausalLM:
     Attention and MLP outputs are zeroed, every token embeds to the same vector e, so the final hidden state
     is RMSNorm(e) = h everywhere; lm_head rows are logits[v] * h / |h|^2, so the logits are exactly `logits`.
     """
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -52,17 +60,26 @@ def test_loss_and_accuracy_equal_the_closed_form():
         assert row["loss"] == pytest.approx(want, abs=1e-5)
     predicted = [int(np.argmin([nll(c) for c in e.choices])) for e in examples[:2]]
     assert [r["predicted"] for r in result.per_example[:2]] == predicted
-    assert result.accuracy == pytest.approx(np.mean([p == e.answer_index for p, e in zip(predicted, examples, strict=False)]))
+    assert result.accuracy == pytest.approx(
+        np.mean([p == e.answer_index for p, e in zip(predicted, examples, strict=False)])
+    )
     assert result.n_choice == 2 and result.n_loss == 3
 
 
 def test_uniform_model_has_loss_log_v_and_prefers_the_shortest_option():
-    result = evaluate(known_model(np.zeros(VOCAB)), ByT5Tokenizer(), [EvalExample("x", "Q", "long answer", ("long answer", "ok"), 0)])
+    result = evaluate(
+        known_model(np.zeros(VOCAB)), ByT5Tokenizer(), [EvalExample("x", "Q", "long answer", ("long answer", "ok"), 0)]
+    )
     assert result.loss == pytest.approx(math.log(VOCAB), abs=1e-5)
     assert result.per_example[0]["predicted"] == 1 and result.accuracy == 0.0
 
 
 def test_examples_that_cannot_fit_are_excluded_and_reported():
-    result = evaluate(known_model(np.zeros(VOCAB)), ByT5Tokenizer(), [EvalExample("x", "Q" * 400, "A")], EvalConfig(max_len=8, min_prompt_tokens=8))
+    result = evaluate(
+        known_model(np.zeros(VOCAB)),
+        ByT5Tokenizer(),
+        [EvalExample("x", "Q" * 400, "A")],
+        EvalConfig(max_len=8, min_prompt_tokens=8),
+    )
     assert result.n_loss == 0 and math.isnan(result.loss)
     assert result.excluded == [("x", "response_truncated_away")]

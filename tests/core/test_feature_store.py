@@ -6,7 +6,9 @@ import pytest
 from gtp_pipeline.core.feature_store import FeatureStore, StoreIncompleteError, StoreMeta, StoreMismatchError
 
 IDS = [f"ex{i:03d}" for i in range(11)]
-META = StoreMeta(kind="candidate_features", n_rows=11, dim=6, chunk_rows=4, identity={"checkpoint": "ep1", "proj_seed": 0})
+META = StoreMeta(
+    kind="candidate_features", n_rows=11, dim=6, chunk_rows=4, identity={"checkpoint": "ep1", "proj_seed": 0}
+)
 
 
 def fill(store, data, valid=None):

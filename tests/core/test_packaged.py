@@ -49,14 +49,25 @@ def test_natural_instructions_has_61_subtasks_with_definitions():
 
 
 def test_limit_per_task_takes_the_same_rows_every_time():
-    a = [r.fields["prompt"] for r in packaged.natural_instructions(("subtask003_mctaco_question_generation_event_duration",), 5)]
-    b = [r.fields["prompt"] for r in packaged.natural_instructions(("subtask003_mctaco_question_generation_event_duration",), 5)]
+    a = [
+        r.fields["prompt"]
+        for r in packaged.natural_instructions(("subtask003_mctaco_question_generation_event_duration",), 5)
+    ]
+    b = [
+        r.fields["prompt"]
+        for r in packaged.natural_instructions(("subtask003_mctaco_question_generation_event_duration",), 5)
+    ]
     assert a == b and len(a) == 5
 
 
 @pytest.mark.parametrize(
     "task,n_total,multiple_choice",
-    [("social_iqa", 1954, True), ("strategyqa", 2290, True), ("disfl_qa", 8000, False), ("date_understanding", 369, True)],
+    [
+        ("social_iqa", 1954, True),
+        ("strategyqa", 2290, True),
+        ("disfl_qa", 8000, False),
+        ("date_understanding", 369, True),
+    ],
 )
 def test_bigbench_targets_parse_with_choices(task, n_total, multiple_choice):
     spec = TargetSpec(name=task, kind="bigbench", tasks=(task,), n_dev=5, n_test=n_total)

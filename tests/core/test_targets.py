@@ -23,12 +23,21 @@ def test_split_is_deterministic_and_disjoint_per_subtask():
 def test_another_seed_gives_another_dev_split():
     first = target_frame(load_target(TargetSpec(n_dev=5, n_test=5, seed=0))[0], "x")
     other = target_frame(load_target(TargetSpec(n_dev=5, n_test=5, seed=1))[0], "x")
-    assert set(first.filter(first["split"] == "dev")["example_id"]) != set(other.filter(other["split"] == "dev")["example_id"])
+    assert set(first.filter(first["split"] == "dev")["example_id"]) != set(
+        other.filter(other["split"] == "dev")["example_id"]
+    )
 
 
 def test_user_target_files_keep_given_splits_and_choices(tmp_path):
     rows = [
-        {"prompt": "2+2?", "response": "4", "choices": ["3", "4"], "answer_index": 1, "split": "dev", "subtask": "math"},
+        {
+            "prompt": "2+2?",
+            "response": "4",
+            "choices": ["3", "4"],
+            "answer_index": 1,
+            "split": "dev",
+            "subtask": "math",
+        },
         {"prompt": "3+3?", "response": "6", "split": "test", "subtask": "math"},
         {"prompt": "Capital of France?", "response": "Paris", "subtask": "geo"},
         {"prompt": "Capital of Spain?", "response": "Madrid", "subtask": "geo"},

@@ -13,10 +13,14 @@ from gtp_pipeline.core.records import RejectReason
 from gtp_pipeline.core.user_files import read_jsonl, read_parquet, read_user_files
 
 MAX_CHARS = 200
-text = st.text(alphabet=string.ascii_letters + string.digits + " .,?!é中", min_size=1, max_size=40).filter(lambda s: s.strip())
+text = st.text(alphabet=string.ascii_letters + string.digits + " .,?!é中", min_size=1, max_size=40).filter(
+    lambda s: s.strip()
+)
 
 # Each generator yields (line bytes, expected reason or None for a valid row, expected (prompt, response) if valid).
-valid_pair = st.builds(lambda p, r: (json.dumps({"prompt": p, "response": r}).encode(), None, (p.strip(), r.strip())), text, text)
+valid_pair = st.builds(
+    lambda p, r: (json.dumps({"prompt": p, "response": r}).encode(), None, (p.strip(), r.strip())), text, text
+)
 valid_messages = st.builds(
     lambda p, r: (
         json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}).encode(),
@@ -29,13 +33,28 @@ valid_messages = st.builds(
 malformed = st.sampled_from([b'{"prompt": "a", "response": ', b"{not json}", b'{"prompt": "a"]', b"nul\x00l"]).map(
     lambda b: (b, RejectReason.MALFORMED_JSON, None)
 )
-invalid_utf8 = st.builds(lambda p: (b'{"prompt": "' + p.encode() + b'\xff\xfe", "response": "x"}', RejectReason.INVALID_UTF8, None), text)
-not_object = st.sampled_from([b"[1, 2]", b'"just a string"', b"42", b"null"]).map(lambda b: (b, RejectReason.NOT_AN_OBJECT, None))
-unknown = st.builds(lambda p: (json.dumps({"question": p, "answer": p}).encode(), RejectReason.UNKNOWN_SCHEMA, None), text)
+invalid_utf8 = st.builds(
+    lambda p: (b'{"prompt": "' + p.encode() + b'\xff\xfe", "response": "x"}', RejectReason.INVALID_UTF8, None), text
+)
+not_object = st.sampled_from([b"[1, 2]", b'"just a string"', b"42", b"null"]).map(
+    lambda b: (b, RejectReason.NOT_AN_OBJECT, None)
+)
+unknown = st.builds(
+    lambda p: (json.dumps({"question": p, "answer": p}).encode(), RejectReason.UNKNOWN_SCHEMA, None), text
+)
 missing = st.builds(lambda p: (json.dumps({"prompt": p}).encode(), RejectReason.MISSING_FIELD, None), text)
-wrong_type = st.builds(lambda p, n: (json.dumps({"prompt": p, "response": n}).encode(), RejectReason.WRONG_TYPE, None), text, st.integers())
-empty = st.builds(lambda p: (json.dumps({"prompt": p, "response": "   "}).encode(), RejectReason.EMPTY_TEXT, None), text)
-too_long = st.builds(lambda p: (json.dumps({"prompt": p, "response": "y" * (MAX_CHARS + 1)}).encode(), RejectReason.TOO_LONG, None), text)
+wrong_type = st.builds(
+    lambda p, n: (json.dumps({"prompt": p, "response": n}).encode(), RejectReason.WRONG_TYPE, None),
+    text,
+    st.integers(),
+)
+empty = st.builds(
+    lambda p: (json.dumps({"prompt": p, "response": "   "}).encode(), RejectReason.EMPTY_TEXT, None), text
+)
+too_long = st.builds(
+    lambda p: (json.dumps({"prompt": p, "response": "y" * (MAX_CHARS + 1)}).encode(), RejectReason.TOO_LONG, None),
+    text,
+)
 bad_messages = st.sampled_from(
     [
         {"messages": []},
@@ -45,7 +64,20 @@ bad_messages = st.sampled_from(
     ]
 ).map(lambda o: (json.dumps(o).encode(), RejectReason.BAD_MESSAGES, None))
 surrogate = st.just((b'{"prompt": "a\\ud800b", "response": "x"}', RejectReason.INVALID_UTF8, None))
-any_line = st.one_of(valid_pair, valid_messages, malformed, invalid_utf8, not_object, unknown, missing, wrong_type, empty, too_long, bad_messages, surrogate)
+any_line = st.one_of(
+    valid_pair,
+    valid_messages,
+    malformed,
+    invalid_utf8,
+    not_object,
+    unknown,
+    missing,
+    wrong_type,
+    empty,
+    too_long,
+    bad_messages,
+    surrogate,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,7 +128,11 @@ def test_parquet_chat_messages_and_optional_fields(tmp_path):
     pl.DataFrame(
         {
             "messages": [
-                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+                [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Hello."},
+                ],
             ],
             "id": ["u-1"],
             "source": ["mychat"],
@@ -113,7 +149,9 @@ def test_parquet_chat_messages_and_optional_fields(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name,content", [("broken.parquet", b"PAR1 not really"), ("missing.jsonl", None), ("notes.txt", b"hello")])
+@pytest.mark.parametrize(
+    "name,content", [("broken.parquet", b"PAR1 not really"), ("missing.jsonl", None), ("notes.txt", b"hello")]
+)
 def test_unreadable_files_become_one_reject_not_a_crash(tmp_path, name, content):
     path = tmp_path / name
     if content is not None:

@@ -114,7 +114,17 @@ class Postgres:
             shutil.chown(self.data, "postgres")
         self._run(["initdb", "-D", str(self.data), "-U", "dagster", "--auth=trust", "-E", "UTF8"])
         self._run(
-            ["pg_ctl", "-D", str(self.data), "-l", str(self.data / "server.log"), "-w", "start", "-o", f"-p {self.port} -h 127.0.0.1 -k {self.data}"]
+            [
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.data / "server.log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {self.port} -h 127.0.0.1 -k {self.data}",
+            ]
         )
         self._run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "dagster", "dagster"])
 

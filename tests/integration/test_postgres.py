@@ -12,7 +12,9 @@ from tests.integration.servers import REPO, Postgres, postgres_bin
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(postgres_bin() is None, reason="needs Debian's postgresql package (make setup installs it as root)"),
+    pytest.mark.skipif(
+        postgres_bin() is None, reason="needs Debian's postgresql package (make setup installs it as root)"
+    ),
 ]
 
 
@@ -45,7 +47,9 @@ def test_materialize_with_the_postgres_instance_config(tmp_path):
             "print(type(i.run_storage).__name__, type(i.event_log_storage).__name__, "
             "i.get_latest_materialization_event(dg.AssetKey('target_examples')) is not None)"
         )
-        out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120
+        )
         assert out.stdout.split() == ["PostgresRunStorage", "PostgresEventLogStorage", "True"]
     finally:
         pg.stop()

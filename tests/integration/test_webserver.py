@@ -62,7 +62,10 @@ def test_graphql_launch_materializes_target_examples(server):
     assert {"dev_examples", "test_examples"} <= {m["label"] for m in latest["metadataEntries"]}
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason="needs Debian's chromium and chromium-driver (make setup installs them as root)")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (make setup installs them as root)",
+)
 def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

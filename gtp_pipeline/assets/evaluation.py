@@ -1,0 +1,166 @@
+"""Evaluation stage: every fine-tuned model (and the base model) on the target's held-out test split, and the report."""
+
+import dagster as dg
+
+from gtp_pipeline.assets.locations import target_version
+from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.resources.compute import ComputeResource
+from gtp_pipeline.resources.models import ModelSource
+from gtp_pipeline.resources.profile import ProfileResource
+from gtp_pipeline.resources.storage import ArtifactStore
+
+EVALUATION_CODE_VERSION = "1"
+ALL_FINETUNES = [dg.AssetDep("finetuned_model", partition_mapping=dg.AllPartitionMapping())]
+
+
+def _latest_finetunes(instance) -> list[dict]:
+    """The latest materialization of each finetuned_model partition: run, seed and the metadata it recorded."""
+    records = instance.fetch_materializations(dg.AssetKey("finetuned_model"), limit=10_000).records  # newest first
+    latest: dict[str, dict] = {}
+    for record in records:
+        mat = record.asset_materialization
+        if mat.partition in latest:
+            continue
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        run, seed = str(mat.partition).split("|")
+        latest[mat.partition] = {"run": run, "seed": int(seed), **meta}
+    return sorted(latest.values(), key=lambda r: (r["run"], r["seed"]))
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"torch", "parquet"},
+    code_version=EVALUATION_CODE_VERSION,
+    deps=ALL_FINETUNES,
+    pool="gpu",
+    automation_condition=ON_INPUT_DATA_CHANGE,
+)
+def evaluation(
+    context: dg.AssetExecutionContext,
+    target_examples,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    model: ModelSource,
+    compute: ComputeResource,
+):
+    """Target test loss (mean response-token NLL) and multiple-choice accuracy of the base model and every fine-tune."""
+    import json
+
+    import polars as pl
+
+    from gtp_pipeline.core.atomic import write_bytes
+    from gtp_pipeline.core.evaluate import EvalConfig, EvalExample, evaluate
+    from gtp_pipeline.core.lora_train import load_lora_model
+
+    settings = profile.settings()
+    device = compute.configure_torch()
+    test = target_examples.filter(target_examples["split"] == "test")
+    if test.height == 0:
+        raise ValueError("the target has no test examples (n_test=0): nothing to evaluate on")
+    examples = [
+        EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
+        for r in test.iter_rows(named=True)
+    ]
+    eval_config = EvalConfig(max_len=settings.gradients.max_len, batch_size=settings.budgets.eval_batch_size)
+    loaded = model.load()
+    test_key = target_version(target_examples)
+    runs = [
+        {"run": "base", "seed": -1, "checkpoint_id": f"base-{loaded.model_id}", "adapter": None}
+    ] + _latest_finetunes(context.instance)
+    rows = []
+    for run in runs:
+        cache = store.path_for("evaluation", "cache", f"{run['checkpoint_id']}-{test_key}.json")
+        if cache.exists():  # evaluated by an earlier run: results are a function of (adapter, test set)
+            result = json.loads(cache.read_text())
+        else:
+            net = loaded.model if run["adapter"] is None else load_lora_model(loaded.model, run["adapter"])
+            scored = evaluate(net, loaded.tokenizer, examples, eval_config, device)
+            result = {
+                "loss": scored.loss,
+                "accuracy": scored.accuracy,
+                "n_loss": scored.n_loss,
+                "n_choice": scored.n_choice,
+                "excluded": len(scored.excluded),
+            }
+            write_bytes(json.dumps(result).encode(), cache)
+            del net
+        method, _, budget = (
+            run["run"].rpartition("-")
+            if run["run"] not in ("base", "full")
+            else (run["run"], "", "100pct" if run["run"] == "full" else "-")
+        )
+        rows.append(
+            {
+                "run": run["run"],
+                "method": method,
+                "budget": budget,
+                "seed": run["seed"],
+                "loss": result["loss"],
+                "accuracy": result["accuracy"],
+                "n_test": result["n_loss"],
+                "n_choice": result["n_choice"],
+                "examples": run.get("examples"),
+                "draws": run.get("draws"),
+                "train_seconds": run.get("train_seconds"),
+                "checkpoint_id": run["checkpoint_id"],
+            }
+        )
+        context.log.info(f"{run['run']} seed {run['seed']}: loss {result['loss']:.4f}, accuracy {result['accuracy']}")
+    table = pl.DataFrame(
+        rows,
+        schema_overrides={
+            "accuracy": pl.Float64,
+            "examples": pl.Int64,
+            "draws": pl.Int64,
+            "train_seconds": pl.Float64,
+        },
+    )
+    return dg.Output(
+        table,
+        metadata={
+            "test_examples": test.height,
+            "target": settings.target.name,
+            "models": len(rows),
+            "results": md_table([{k: r[k] for k in ("run", "seed", "loss", "accuracy")} for r in rows]),
+        },
+    )
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"polars", "markdown"},
+    code_version=EVALUATION_CODE_VERSION,
+    automation_condition=ON_INPUT_DATA_CHANGE,
+)
+def selection_report(
+    context: dg.AssetExecutionContext,
+    evaluation,
+    gtp_selection,
+    topk_selection,
+    random_selection,
+    clusterclip_plan,
+    raw_corpus,
+    store: ArtifactStore,
+) -> dg.MaterializeResult:
+    """Which data wins: method x budget -> target loss and accuracy (mean, spread over seeds), plus plots and overlap."""
+    from gtp_pipeline.core.atomic import write_bytes
+    from gtp_pipeline.core.report import build_report
+
+    report = build_report(
+        evaluation,
+        {"gtp": gtp_selection, "topk": topk_selection, "random": random_selection},
+        clusterclip_plan,
+        raw_corpus,
+    )
+    write_bytes(report.markdown.encode(), store.path_for("selection_report", "report.md"))
+    for name, png in report.plots.items():
+        write_bytes(png, store.path_for("selection_report", f"{name}.png"))
+    return dg.MaterializeResult(
+        metadata={
+            "table": dg.MetadataValue.md(report.table_markdown),
+            "runs": len(report.rows),
+            "report": dg.MetadataValue.path(str(store.path_for("selection_report", "report.md"))),
+            **{name: md_image(png, name) for name, png in report.plots.items()},
+        }
+    )

@@ -1,0 +1,225 @@
+"""Selection stage: GTP's joint pursuit, LESS top-k and random, each at every budget, on the same gradient stores."""
+
+import time
+
+import dagster as dg
+
+from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, resolve_checkpoint, target_version
+from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.partitions import model_checkpoint
+from gtp_pipeline.resources.profile import ProfileResource
+from gtp_pipeline.resources.storage import ArtifactStore
+
+SELECTION_CODE_VERSION = "1"
+ALL_CHECKPOINTS = [
+    dg.AssetDep("gradient_trajectories", partition_mapping=dg.AllPartitionMapping()),
+    dg.AssetDep("target_gradients", partition_mapping=dg.AllPartitionMapping()),
+]
+
+
+class SelectionConfig(dg.Config):
+    """Run-config knobs; empty/zero values mean the profile's settings."""
+
+    budgets: list[float] = []  # fractions of the pool (< 1) or counts (>= 1); [] = the profile's budgets
+    target: str = "target"  # "target": the target task's dev gradients; "in_domain": the pool's mean trajectory
+    accept_ratio: float = 0.5  # GTP gamma (core/pursuit.py): lower = fewer passes, slightly higher residual
+    swap_rounds: int = 1  # GTP refinement passes after the support is full
+    seed: int = 0  # random_selection only
+
+
+def _trajectories(context, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore):
+    """The candidate view over every registered checkpoint, the target trajectory, and provenance metadata."""
+    import numpy as np
+
+    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.core.trajectory import StoreTrajectories, build_target
+
+    keys = context.instance.get_dynamic_partitions(model_checkpoint.name)
+    if not keys:
+        raise ValueError(
+            "no model_checkpoint partitions: materialize warmup_checkpoints (or let the checkpoint sensor register yours)"
+        )
+    corpus_ver, target_ver = corpus_version(raw_corpus), target_version(target_examples)
+    candidate_paths, target_paths, lr = [], [], []
+    for key in keys:
+        lr.append(resolve_checkpoint(store, corpus_ver, key, profile.checkpoint_dir).lr_weight)
+        candidate_paths.append(gradient_store_path(store, "gradient_trajectories", key, corpus_ver))
+        target_paths.append(gradient_store_path(store, "target_gradients", key, f"{corpus_ver}-{target_ver}"))
+    missing = [str(p) for p in candidate_paths + target_paths if not (p / "zarr.json").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"gradient stores missing for this corpus/target: {missing[:4]}; materialize gradient_trajectories and target_gradients for every checkpoint"
+        )
+    view = StoreTrajectories.from_paths(candidate_paths, lr)
+    target_stores = [FeatureStore.open(p) for p in target_paths]
+    dev = target_examples.filter(target_examples["split"] == "dev")
+    order = {eid: i for i, eid in enumerate(dev["example_id"])}
+    subtasks = np.asarray([dev["subtask"][order[eid]] for eid in target_stores[0].example_ids()])
+    target = build_target(target_stores, lr, subtasks, candidates=view)
+    provenance = {
+        "corpus_version": corpus_ver,
+        "target_version": target_ver,
+        "checkpoints": ", ".join(keys),
+        "lr_weights": ", ".join(f"{w / sum(lr):.4f}" for w in lr),
+        "gradient_data_versions": md_table(_latest_versions(context.instance, keys)),
+    }
+    return view, target, provenance
+
+
+def _latest_versions(instance, keys: list[str]) -> list[dict]:
+    rows = []
+    for asset in ("gradient_trajectories", "target_gradients"):
+        for key in keys:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+            ).records
+            tags = records[0].asset_materialization.tags if records else {}
+            rows.append(
+                {"asset": asset, "checkpoint": key, "data_version": (tags or {}).get("dagster/data_version", "-")}
+            )
+    return rows
+
+
+def _select(
+    context,
+    method: str,
+    raw_corpus,
+    target_examples,
+    profile: ProfileResource,
+    store: ArtifactStore,
+    config: SelectionConfig,
+):
+    """Run one method at every budget; a table of (budget, example_id, weight, rank) plus metadata."""
+    import numpy as np
+    import polars as pl
+
+    from gtp_pipeline.core.plots import lines_png
+    from gtp_pipeline.core.profiles import budget_count, budget_label
+    from gtp_pipeline.core.pursuit import PursuitConfig, gtp
+    from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
+    from gtp_pipeline.core.selection_stats import duplicate_stats
+
+    view, target, provenance = _trajectories(context, raw_corpus, target_examples, profile, store)
+    b = view.mean() if config.target == "in_domain" else target.vector
+    ids = np.asarray(view.stores[0].example_ids())
+    corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
+    frames, summary, curves = [], [], {}
+    for budget in config.budgets or list(profile.settings().budgets.budgets):
+        k = budget_count(budget, int(view.valid_mask().sum()))
+        pconfig = PursuitConfig(
+            budget=k, accept_ratio=config.accept_ratio, swap_rounds=config.swap_rounds, seed=config.seed
+        )
+        start = time.perf_counter()
+        if method == "gtp":
+            chosen = gtp(view, b, pconfig)
+        elif method == "topk":
+            chosen = less_topk(view, b if config.target == "in_domain" else target, pconfig)
+        else:
+            chosen = random_k(view, pconfig)
+        seconds = time.perf_counter() - start
+        _, residual = evaluate_selection(view, chosen.indices, b)
+        rows = view.gather(chosen.indices)
+        label = budget_label(budget)
+        picked = pl.DataFrame(
+            {
+                "example_id": ids[chosen.indices],
+                "weight": chosen.weights.astype(np.float64),
+                "rank": np.arange(1, k + 1),
+            }
+        )
+        picked = picked.join(corpus_by_id, on="example_id", how="left")
+        dups = duplicate_stats(rows, picked["content_hash"].to_list(), picked["prompt"].to_list())
+        frames.append(
+            picked.select(
+                pl.lit(label).alias("budget"),
+                pl.lit(float(budget)).alias("budget_value"),
+                "example_id",
+                "weight",
+                "rank",
+                pl.lit(round(seconds, 4)).alias("select_seconds"),
+            )
+        )
+        if chosen.residuals.size:
+            curves[label] = (
+                list(range(1, chosen.residuals.size + 1)),
+                (chosen.residuals / chosen.target_norm).tolist(),
+            )
+        summary.append(
+            {
+                "budget": label,
+                "k": k,
+                "relative_residual": round(residual / float(np.linalg.norm(b)), 4),
+                "passes": chosen.passes,
+                "rounds": chosen.rounds,
+                "fill": chosen.fill,
+                "stop": chosen.stop_reason,
+                "exact_duplicates": dups["exact"],
+                "near_duplicates": dups["near"],
+                "seconds": round(seconds, 3),
+            }
+        )
+        context.log.info(
+            f"{method} @ {label}: k={k}, relative NNLS residual {summary[-1]['relative_residual']}, {seconds:.2f}s"
+        )
+    table = pl.concat(frames)
+    composition = (
+        table.join(raw_corpus.select("example_id", "source", "task"), on="example_id")
+        .group_by("budget", "source")
+        .len("examples")
+        .sort("budget", "examples", descending=[False, True])
+    )
+    metadata = {
+        **provenance,
+        "method": method,
+        "target": config.target,
+        "per_budget": md_table(summary),
+        "composition_by_source": md_table(composition.to_dicts()),
+        **(
+            {
+                "residual_per_round": md_image(
+                    lines_png(
+                        curves, title=f"{method}: ||r|| / ||b|| per round", xlabel="round", ylabel="relative residual"
+                    ),
+                    "residuals",
+                )
+            }
+            if curves
+            else {}
+        ),
+    }
+    return dg.Output(table, metadata=metadata)
+
+
+def _selection_asset(method: str, description: str):
+    @dg.asset(
+        name=f"{method}_selection",
+        description=description,
+        group_name="selection",
+        kinds={"numpy", "parquet"},
+        code_version=SELECTION_CODE_VERSION,
+        deps=ALL_CHECKPOINTS,
+        automation_condition=ON_INPUT_DATA_CHANGE,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        raw_corpus,
+        target_examples,
+        profile: ProfileResource,
+        store: ArtifactStore,
+        config: SelectionConfig,
+    ):
+        return _select(context, method, raw_corpus, target_examples, profile, store, config)
+
+    return _asset
+
+
+gtp_selection = _selection_asset(
+    "gtp", "GTP's joint non-negative pursuit of the target gradient trajectory, per budget: example_id, weight, rank."
+)
+topk_selection = _selection_asset(
+    "topk", "LESS top-k by LR-weighted cosine (mean per subtask, max over subtasks), per budget."
+)
+random_selection = _selection_asset(
+    "random", "A seeded uniform random subset of the pool, per budget (the baseline every method must beat)."
+)

@@ -1,0 +1,110 @@
+"""The whole pipeline on the tiny profile: every asset materializes, checks pass, reruns skip, results hang together."""
+
+import re
+import shutil
+
+import dagster as dg
+import polars as pl
+
+from gtp_pipeline.core.profiles import TINY, budget_count, finetune_runs
+from tests.assets.conftest import latest_metadata
+
+ALL_ASSETS = {
+    "target_examples",
+    "raw_corpus",
+    "corpus_rejects",
+    "embeddings",
+    "clusters",
+    "clusterclip_plan",
+    "warmup_checkpoints",
+    "gradient_shards",
+    "gradient_trajectories",
+    "target_gradients",
+    "gtp_selection",
+    "topk_selection",
+    "random_selection",
+    "finetuned_model",
+    "evaluation",
+    "selection_report",
+}
+
+
+def md_rows(markdown: str) -> list[dict[str, str]]:
+    """Rows of a markdown table as dicts."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]
+    header = [h.strip() for h in lines[0]]
+    return [dict(zip(header, (c.strip() for c in line), strict=True)) for line in lines[2:]]
+
+
+def test_every_asset_materializes_and_every_check_passes(tiny_pipeline):
+    _, instance, defs, first, _ = tiny_pipeline
+    assert all(r["status"] == "materialized" for r in first), [r for r in first if r["status"] != "materialized"]
+    assert {r["assets"].split(" [")[0] for r in first} >= {"embeddings", "evaluation", "selection_report"}
+    for key in ALL_ASSETS:
+        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+    for check in defs.resolve_asset_graph().asset_check_keys:
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+        assert record is not None and record.status.value == "SUCCEEDED", check.to_user_string()
+
+
+def test_a_second_demo_run_skips_everything(tiny_pipeline):
+    *_, second = tiny_pipeline
+    assert {r["status"] for r in second} == {"up to date"}
+
+
+def test_selections_fit_their_budgets_and_gtp_matches_the_target_best(tiny_pipeline):
+    root, instance, *_ = tiny_pipeline
+    n_pool = pl.read_parquet(root / "raw_corpus" / "data.parquet").height
+    residual = {}
+    for method in ("gtp", "topk", "random"):
+        table = pl.read_parquet(root / f"{method}_selection" / "data.parquet")
+        for budget in TINY.budgets.budgets:
+            rows = table.filter(pl.col("budget_value") == budget)
+            assert rows.height == budget_count(budget, n_pool)
+            assert rows["example_id"].n_unique() == rows.height
+        summary = md_rows(latest_metadata(instance, f"{method}_selection")["per_budget"])
+        residual[method] = [float(row["relative_residual"]) for row in summary]
+    # GTP minimizes the NNLS residual of the target trajectory; the baselines do not
+    assert len(residual["gtp"]) == len(TINY.budgets.budgets)
+    for g, t, r in zip(residual["gtp"], residual["topk"], residual["random"], strict=True):
+        assert g <= t + 1e-9 and g <= r + 1e-9
+
+
+def test_every_finetune_records_the_identity_of_its_training_data(tiny_pipeline):
+    _, instance, *_ = tiny_pipeline
+    for run in finetune_runs(TINY):
+        meta = latest_metadata(instance, "finetuned_model", f"{run}|0")
+        assert meta["selection_run"] == run and meta["selection_corpus_version"]
+        assert meta["steps"] >= 1 and re.search(rf"checkpoint-0*{meta['steps']}$", meta["adapter"])
+    draws = {run: latest_metadata(instance, "finetuned_model", f"{run}|0")["draws"] for run in finetune_runs(TINY)}
+    for budget in ("5pct", "20pct"):  # every method sees the same number of training draws at a budget
+        assert len({draws[f"{m}-{budget}"] for m in ("gtp", "topk", "random", "clusterclip")}) == 1
+
+
+def test_report_lists_every_method_and_budget_that_was_materialized(tiny_pipeline):
+    root, *_ = tiny_pipeline
+    evaluation = pl.read_parquet(root / "evaluation" / "data.parquet")
+    report = (root / "selection_report" / "report.md").read_text()
+    expected = {("base", "-"), ("full", "100pct")} | {
+        (m, b) for m in ("gtp", "topk", "random", "clusterclip") for b in ("5pct", "20pct")
+    }
+    assert set(zip(evaluation["method"], evaluation["budget"], strict=True)) == expected
+    for method, budget in expected:
+        assert re.search(rf"^\| {method} \| {re.escape(budget)} \|", report, re.M), (method, budget)
+    for plot in ("loss_vs_budget", "composition_by_source", "overlap_5pct", "duplicates_chosen"):
+        assert (root / "selection_report" / f"{plot}.png").stat().st_size > 1000
+
+
+def test_an_interrupted_finetune_resumes_from_its_last_checkpoint(tiny_pipeline):
+    root, instance, defs, *_ = tiny_pipeline
+    before = latest_metadata(instance, "finetuned_model", "full|0")
+    checkpoints = sorted(
+        (root / "finetuned_model" / "full" / "seed0").glob("*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+    )
+    assert len(checkpoints) >= 2
+    shutil.rmtree(checkpoints[-1])  # as if the run was killed before its last save
+    job = defs.resolve_implicit_global_asset_job_def()
+    job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("finetuned_model")], partition_key="full|0")
+    after = latest_metadata(instance, "finetuned_model", "full|0")
+    assert 0 < after["steps_run_now"] < after["steps"]
+    assert after["checkpoint_id"] == before["checkpoint_id"]  # the same adapter as the uninterrupted run
