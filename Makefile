@@ -41,8 +41,10 @@ system:
 demo: setup
 	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/python -m gtp_pipeline.demo
 
+# The UI on the profile's own instance (.dagster/<profile>/, see gtp_pipeline/instance.py).
 ui: setup
-	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000}
+	export GTP_PROFILE=$${GTP_PROFILE:-demo}; \
+	DAGSTER_HOME=$$($(BIN)/python -m gtp_pipeline.instance) $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000}
 
 test: setup system
 	$(BIN)/python -m pytest $(TEST_ARGS)

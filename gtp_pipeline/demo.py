@@ -3,13 +3,12 @@
     GTP_PROFILE=demo python -m gtp_pipeline.demo      # what `make demo` runs, from the repo root
 
 Runs every asset in dependency order (every partition of partitioned ones) through the same
-definitions and instance as `make ui` (./dagster.yaml, SQLite under .dagster/), so the UI shows the
-demo's runs, lineage and metadata. An asset whose latest materialization is current (same code
+definitions and instance as `make ui` (SQLite under .dagster/<profile>/, configured from ./dagster.yaml;
+see gtp_pipeline/instance.py), so the UI shows the demo's runs, lineage and metadata. An asset whose latest materialization is current (same code
 version, same upstream data versions: Dagster's own staleness rules) is skipped, so a rerun after a
 finished demo does nothing, and a rerun after a crash redoes only what is missing.
 """
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -84,19 +83,21 @@ def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> l
 
 
 def main() -> int:
-    os.chdir(REPO_ROOT)  # dagster.yaml's relative .dagster/ paths resolve against the repo root
     from gtp_pipeline.definitions import defs
+    from gtp_pipeline.instance import instance_home
 
     profile = defs.resources["profile"].name
     store_root = defs.resources["store"].root
-    print(f"gtp_pipeline demo: profile={profile}, artifacts under {store_root}")
-    instance = dg.DagsterInstance.from_config(str(REPO_ROOT))
+    home = instance_home(profile, store_root)
+    print(f"gtp_pipeline demo: profile={profile}, artifacts under {store_root}, instance {home}")
+    instance = dg.DagsterInstance.from_config(str(home))
     start = time.perf_counter()
     run_demo(defs, instance)
     print(f"\nDone in {time.perf_counter() - start:.0f}s.")
     print(f"Results (Parquet, Zarr, PNG plots): {store_root}")
-    print("Run history and metadata: .dagster/ (embedded SQLite instance)")
-    print("Open the UI:  make ui   then browse http://127.0.0.1:3000 (Assets -> Lineage)")
+    print(f"The comparison: {Path(store_root) / 'selection_report' / 'report.md'}")
+    print(f"Run history and metadata: {home} (embedded SQLite instance)")
+    print(f"Open the UI:  GTP_PROFILE={profile} make ui   then browse http://127.0.0.1:3000 (Lineage)")
     return 0
 
 

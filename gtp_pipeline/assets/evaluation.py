@@ -62,7 +62,11 @@ def evaluation(
         EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
         for r in test.iter_rows(named=True)
     ]
-    eval_config = EvalConfig(max_len=settings.gradients.max_len, batch_size=settings.budgets.eval_batch_size)
+    eval_config = EvalConfig(
+        max_len=settings.gradients.max_len,
+        batch_size=settings.budgets.eval_batch_size,
+        precision=settings.gradients.train_precision,  # evaluate in the precision the models were trained in
+    )
     loaded = model.load()
     test_key = target_version(target_examples)
     runs = [
@@ -70,7 +74,9 @@ def evaluation(
     ] + _latest_finetunes(context.instance)
     rows = []
     for run in runs:
-        cache = store.path_for("evaluation", "cache", f"{run['checkpoint_id']}-{test_key}.json")
+        cache = store.path_for(
+            "evaluation", "cache", f"{run['checkpoint_id']}-{test_key}-{eval_config.precision}.json"
+        )
         if cache.exists():  # evaluated by an earlier run: results are a function of (adapter, test set)
             result = json.loads(cache.read_text())
         else:

@@ -8,11 +8,14 @@ the prediction is the best option (ties go to the first). Options that do not fi
 on what fits; an example none of whose tokens fit is excluded and reported.
 
 One implementation, batched and length-bucketed, computing logits only at response positions
-(`core.per_example_grads.response_losses`), under `torch.no_grad()`.
+(`core.per_example_grads.response_losses`), under `torch.no_grad()`. When the reference response is
+one of the options (multiple choice), its option score is reused as its loss instead of scoring it
+twice. `precision="bf16"` evaluates a bf16 copy of the frozen weights (as training does on CPU).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -21,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gtp_pipeline.core.per_example_grads import response_losses
+from gtp_pipeline.core.per_example_grads import autocast, prepare_model, response_losses
 from gtp_pipeline.core.text import Encoded, collate, encode_example, length_buckets, pad_id
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class EvalConfig:
     max_len: int = 128  # as in training: what does not fit is cut the same way (core/text.py)
     min_prompt_tokens: int = 16
     batch_size: int = 16
+    precision: str = "fp32"  # "bf16": frozen weights cast to bf16 under autocast, ~2x faster on AVX512-BF16 CPUs
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,29 @@ def evaluate(
     model: Any, tokenizer: Any, examples: Sequence[EvalExample], config: EvalConfig = EvalConfig(), device: str = "cpu"
 ) -> EvalResult:
     """Loss on every example's reference response; accuracy on the multiple-choice ones."""
+    if config.precision == "bf16":
+        model = prepare_model(copy.deepcopy(model), "bf16")  # a copy: the caller's model stays fp32
     model.eval()
-    refs = _score(model, tokenizer, [(e.prompt, e.response) for e in examples], config, device)
     option_pairs, owners = [], []
     for i, e in enumerate(examples):
         for c in e.choices:
             option_pairs.append((e.prompt, c))
             owners.append(i)
-    option_scores = _score(model, tokenizer, option_pairs, config, device) if option_pairs else []
+    # the reference response is scored as an option when it is one; only the others need their own pass
+    own = [i for i, e in enumerate(examples) if e.response not in e.choices]
+    with autocast(config.precision, device):
+        scores = _score(
+            model, tokenizer, option_pairs + [(examples[i].prompt, examples[i].response) for i in own], config, device
+        )
+    option_scores, own_scores = scores[: len(option_pairs)], dict(zip(own, scores[len(option_pairs) :], strict=True))
+    refs: list[tuple[float, int] | None] = [None] * len(examples)
     sums: dict[int, list[float]] = {}
     for i, score in zip(owners, option_scores, strict=True):
         sums.setdefault(i, []).append(math.inf if score is None else score[0] * score[1])  # sum NLL of the option
+        if examples[i].choices[len(sums[i]) - 1] == examples[i].response:
+            refs[i] = score
+    for i, score in own_scores.items():
+        refs[i] = score
     per_example, excluded, losses, correct = [], [], [], []
     for i, e in enumerate(examples):
         row: dict[str, Any] = {"example_id": e.example_id, "loss": None, "predicted": None, "correct": None}

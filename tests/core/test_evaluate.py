@@ -83,3 +83,14 @@ def test_examples_that_cannot_fit_are_excluded_and_reported():
     )
     assert result.n_loss == 0 and math.isnan(result.loss)
     assert result.excluded == [("x", "response_truncated_away")]
+
+
+def test_bf16_evaluation_stays_close_to_fp32_and_leaves_the_model_fp32():
+    from gtp_pipeline.core.models import tiny_model
+
+    loaded = tiny_model()
+    examples = [EvalExample(str(i), f"Question {i}: pick one.", "yes", ("yes", "no", "maybe so"), 0) for i in range(6)]
+    fp32 = evaluate(loaded.model, loaded.tokenizer, examples, EvalConfig(max_len=64))
+    bf16 = evaluate(loaded.model, loaded.tokenizer, examples, EvalConfig(max_len=64, precision="bf16"))
+    assert bf16.loss == pytest.approx(fp32.loss, rel=0.01)
+    assert next(loaded.model.parameters()).dtype == torch.float32

@@ -12,8 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,15 +22,10 @@ def free_port() -> int:
 
 
 def local_instance_yaml(home: Path) -> Path:
-    """The repo's dagster.yaml with every base_dir moved under `home` (so tests never touch .dagster/)."""
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    config["storage"]["sqlite"]["base_dir"] = str(home / "storage")
-    for section in ("local_artifact_storage", "compute_logs"):
-        config[section]["config"]["base_dir"] = str(home / section)
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "dagster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """The repo's dagster.yaml with every base_dir moved under `home` (tests never touch .dagster/)."""
+    from gtp_pipeline.instance import write_instance_yaml
+
+    return write_instance_yaml(home)
 
 
 class DagsterDev:
