@@ -58,3 +58,13 @@ def test_profile_env_var_picks_the_resources():
     env = {**__import__("os").environ, "GTP_PROFILE": "tiny"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "tiny"
+
+
+def test_each_profile_gets_its_model_source():
+    from gtp_pipeline.resources import model_source_for_profile
+    from gtp_pipeline.resources.models import HFFolderSource, SmolLM2Source, TinyModelSource
+
+    assert isinstance(model_source_for_profile("tiny"), TinyModelSource)
+    assert isinstance(model_source_for_profile("demo"), SmolLM2Source)
+    assert isinstance(model_source_for_profile("experiment"), SmolLM2Source)  # the demo's model, a larger pool
+    assert isinstance(model_source_for_profile("full"), HFFolderSource)

@@ -96,10 +96,12 @@ class Profile:
     clusters: ClusterSettings = field(default_factory=ClusterSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     gradients: GradientSettings = field(default_factory=GradientSettings)
+    model: str = "hf_folder"  # "tiny" (random Llama) | "smollm2" (packaged GGUF) | "hf_folder" ($GTP_MODEL_DIR)
 
 
 TINY = Profile(
     name="tiny",
+    model="tiny",
     pool=(
         SourceSpec("chatterbot", limit_per_task=10),
         SourceSpec("natural_instructions", limit_per_task=2),
@@ -127,6 +129,7 @@ TINY = Profile(
 
 DEMO = Profile(
     name="demo",
+    model="smollm2",
     pool=(
         SourceSpec("natural_instructions", limit_per_task=4),
         SourceSpec("chatterbot", limit_per_task=5),

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from gtp_pipeline.core.profiles import PROFILES
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.io_managers import ParquetIOManager
@@ -24,10 +25,12 @@ def _paths(env: str) -> list[str]:
 
 
 def model_source_for_profile(profile: str) -> ModelSource:
-    """tiny: a random Llama; demo: SmolLM2 from its package; full: $GTP_MODEL_DIR (a local HF folder)."""
-    if profile == "tiny":
+    """The profile's model: a random Llama (tiny), SmolLM2 from its package (demo, experiment), or
+    $GTP_MODEL_DIR, a local HF folder (full)."""
+    kind = PROFILES[profile].model if profile in PROFILES else "hf_folder"
+    if kind == "tiny":
         return TinyModelSource()
-    if profile == "demo":
+    if kind == "smollm2":
         cache = os.environ.get("GTP_MODEL_CACHE") or str(REPO_ROOT / ".data" / "models")
         return SmolLM2Source(cache_dir=cache)
     return HFFolderSource(path=os.environ.get("GTP_MODEL_DIR", ""))
