@@ -1,6 +1,7 @@
 """Assembles the Dagster definitions: assets per stage, checks, jobs, schedules, resources for the profile.
 
-The profile comes from GTP_PROFILE (tiny | demo | full; default demo).
+The profile comes from GTP_PROFILE (tiny | demo | experiment | full; default demo), the executor from
+GTP_EXECUTOR (unset: Dagster's default; "dask": steps on a Dask cluster, see gtp_pipeline/executors.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dagster as dg
 from gtp_pipeline import automation, checks
 from gtp_pipeline.assets import clusterclip, corpus, evaluation, gradients, selection, training
 from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV
+from gtp_pipeline.executors import executor_for_env
 from gtp_pipeline.resources import resources_for_profile
 
 defs = dg.Definitions(
@@ -21,4 +23,5 @@ defs = dg.Definitions(
     schedules=[automation.corpus_refresh_schedule],
     sensors=[automation.automation_sensor, automation.new_checkpoint_sensor],
     resources=resources_for_profile(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)),
+    executor=executor_for_env(),
 )

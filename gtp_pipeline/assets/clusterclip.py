@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from gtp_pipeline.assets.locations import centroids_path, corpus_version, embeddings_path
+from gtp_pipeline.assets.locations import centroids_name, corpus_version, embeddings_path
 from gtp_pipeline.assets.metadata import md_image, md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.embedder import EmbedderResource
@@ -117,9 +117,12 @@ def clusters(
             context.log.info(f"k-means iteration {iteration}: mean cosine {objective:.4f}")
 
     fit = spherical_kmeans(features, kconfig, on_iteration=on_iteration)
-    path = centroids_path(store, version)
-    centroids = zarr.create_array(store=str(path), shape=fit.centroids.shape, dtype="float32", overwrite=True)
-    centroids[:] = fit.centroids
+    with store.local_folder("clusters") as folder:
+        centroids = zarr.create_array(
+            store=str(folder / centroids_name(version)), shape=fit.centroids.shape, dtype="float32", overwrite=True
+        )
+        centroids[:] = fit.centroids
+    path = store.path_for("clusters", centroids_name(version))
     table = pl.DataFrame(
         {"example_id": raw_corpus["example_id"], "cluster": fit.labels.astype(np.int64), "similarity": fit.similarity}
     )

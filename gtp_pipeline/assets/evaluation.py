@@ -80,7 +80,13 @@ def evaluation(
         if cache.exists():  # evaluated by an earlier run: results are a function of (adapter, test set)
             result = json.loads(cache.read_text())
         else:
-            net = loaded.model if run["adapter"] is None else load_lora_model(loaded.model, run["adapter"])
+            if run["adapter"] is None:
+                net = loaded.model
+            elif "adapter_folder" not in run:  # recorded before adapters were read through the store
+                net = load_lora_model(loaded.model, run["adapter"])
+            else:
+                with store.local_folder(*run["adapter_folder"].split("/")) as folder:  # pulled if the root is remote
+                    net = load_lora_model(loaded.model, folder / run["adapter_checkpoint"])
             scored = evaluate(net, loaded.tokenizer, examples, eval_config, device)
             result = {
                 "loss": scored.loss,

@@ -10,8 +10,8 @@ from gtp_pipeline.assets.locations import (
     gradient_store_path,
     resolve_checkpoint,
     target_version,
-    warmup_dir,
     warmup_key,
+    warmup_parts,
 )
 from gtp_pipeline.assets.metadata import md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
@@ -82,16 +82,17 @@ def warmup_checkpoints(
         if step == total or step % 10 == 0:
             context.log.info(f"warm-up step {step}/{total}: loss {loss:.4f}")
 
-    result = train_lora(
-        loaded.model,
-        loaded.tokenizer,
-        examples,
-        warmup_dir(store, version),
-        config,
-        loaded.model_id,
-        device=device,
-        progress=progress,
-    )
+    with store.local_folder(*warmup_parts(version)) as out_dir:  # resumes from (and keeps) finished checkpoints
+        result = train_lora(
+            loaded.model,
+            loaded.tokenizer,
+            examples,
+            out_dir,
+            config,
+            loaded.model_id,
+            device=device,
+            progress=progress,
+        )
     keys = [warmup_key(c.epoch) for c in result.checkpoints]
     context.instance.add_dynamic_partitions(model_checkpoint.name, keys)
     return dg.MaterializeResult(
@@ -115,7 +116,7 @@ def warmup_checkpoints(
             "steps_run": result.steps_run,
             "seconds": round(result.seconds, 1),
             "model_id": loaded.model_id,
-            "path": dg.MetadataValue.path(str(warmup_dir(store, version))),
+            "path": dg.MetadataValue.path(str(store.path_for(*warmup_parts(version)))),
         },
         data_version=dg.DataVersion("-".join(c.checkpoint_id for c in result.checkpoints)),
     )

@@ -34,8 +34,9 @@ def embeddings_path(store: ArtifactStore, version: str) -> Path:
     return store.path_for("embeddings", f"{version}.zarr")
 
 
-def centroids_path(store: ArtifactStore, version: str) -> Path:
-    return store.path_for("clusters", f"centroids-{version}.zarr")
+def centroids_name(version: str) -> str:
+    """The centroid array's name in the `clusters` folder (written through ArtifactStore.local_folder)."""
+    return f"centroids-{version}.zarr"
 
 
 def gradient_store_path(store: ArtifactStore, asset: str, checkpoint: str, version: str) -> Path:
@@ -45,8 +46,9 @@ def gradient_store_path(store: ArtifactStore, asset: str, checkpoint: str, versi
 WARMUP_KEY_PREFIX = "warmup-e"  # model_checkpoint keys of warm-up checkpoints; user checkpoints may not use it
 
 
-def warmup_dir(store: ArtifactStore, version: str) -> Path:
-    return store.path_for("warmup_checkpoints", version)
+def warmup_parts(version: str) -> tuple[str, str]:
+    """The warm-up checkpoints' folder under the artifact root (used through ArtifactStore.local_folder)."""
+    return ("warmup_checkpoints", version)
 
 
 def warmup_key(epoch: float) -> str:
@@ -58,7 +60,8 @@ def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: s
     from gtp_pipeline.core.lora_train import list_checkpoints, read_checkpoint
 
     if key.startswith(WARMUP_KEY_PREFIX):
-        found = [c for c in list_checkpoints(warmup_dir(store, version)) if warmup_key(c.epoch) == key]
+        with store.local_folder(*warmup_parts(version)) as folder:  # pulled first when the root is remote
+            found = [c for c in list_checkpoints(folder) if warmup_key(c.epoch) == key]
         if not found:
             raise FileNotFoundError(
                 f"no warm-up checkpoint {key!r} for corpus {version}: materialize warmup_checkpoints first"

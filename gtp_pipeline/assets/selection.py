@@ -26,10 +26,14 @@ class SelectionConfig(dg.Config):
     accept_ratio: float = 0.5  # GTP gamma (core/pursuit.py): lower = fewer passes, slightly higher residual
     swap_rounds: int = 1  # GTP refinement passes after the support is full
     seed: int = 0  # random_selection only
+    dask_scheduler: str = ""  # "tcp://host:8786": run the streaming passes as Dask tasks there (same selection)
 
 
-def _trajectories(context, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore):
-    """The candidate view over every registered checkpoint, the target trajectory, and provenance metadata."""
+def _trajectories(
+    context, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore, dask_scheduler: str = ""
+):
+    """The candidate view over every registered checkpoint (streamed here, or by Dask tasks on `dask_scheduler`),
+    the target trajectory, the candidates' example ids, and provenance metadata."""
     import numpy as np
 
     from gtp_pipeline.core.feature_store import FeatureStore
@@ -57,6 +61,12 @@ def _trajectories(context, raw_corpus, target_examples, profile: ProfileResource
     order = {eid: i for i, eid in enumerate(dev["example_id"])}
     subtasks = np.asarray([dev["subtask"][order[eid]] for eid in target_stores[0].example_ids()])
     target = build_target(target_stores, lr, subtasks, candidates=view)
+    ids = np.asarray(view.stores[0].example_ids())
+    if dask_scheduler:
+        from gtp_pipeline.core.dask_trajectories import DaskTrajectories
+
+        context.log.info(f"streaming passes as Dask tasks on {dask_scheduler}")
+        view = DaskTrajectories(candidate_paths, lr, dask_scheduler)
     provenance = {
         "corpus_version": corpus_ver,
         "target_version": target_ver,
@@ -64,7 +74,7 @@ def _trajectories(context, raw_corpus, target_examples, profile: ProfileResource
         "lr_weights": ", ".join(f"{w / sum(lr):.4f}" for w in lr),
         "gradient_data_versions": md_table(_latest_versions(context.instance, keys)),
     }
-    return view, target, provenance
+    return view, target, ids, provenance
 
 
 def _latest_versions(instance, keys: list[str]) -> list[dict]:
@@ -91,6 +101,17 @@ def _select(
     config: SelectionConfig,
 ):
     """Run one method at every budget; a table of (budget, example_id, weight, rank) plus metadata."""
+    view, target, ids, provenance = _trajectories(
+        context, raw_corpus, target_examples, profile, store, config.dask_scheduler
+    )
+    try:
+        return _select_all(context, method, view, target, ids, provenance, raw_corpus, profile, config)
+    finally:
+        if hasattr(view, "close"):
+            view.close()  # a Dask view drops its workers' cached stores and its client
+
+
+def _select_all(context, method, view, target, ids, provenance, raw_corpus, profile, config):
     import numpy as np
     import polars as pl
 
@@ -100,9 +121,7 @@ def _select(
     from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
     from gtp_pipeline.core.selection_stats import duplicate_stats
 
-    view, target, provenance = _trajectories(context, raw_corpus, target_examples, profile, store)
     b = view.mean() if config.target == "in_domain" else target.vector
-    ids = np.asarray(view.stores[0].example_ids())
     corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
     frames, summary, curves = [], [], {}
     for budget in config.budgets or list(profile.settings().budgets.budgets):
@@ -171,6 +190,7 @@ def _select(
     )
     metadata = {
         **provenance,
+        "engine": f"dask ({config.dask_scheduler})" if config.dask_scheduler else "in process",
         "method": method,
         "target": config.target,
         "per_budget": md_table(summary),

@@ -1,5 +1,7 @@
 """Training stage: one LoRA fine-tune of the base model per (selection method at a budget, seed), same recipe for all."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from gtp_pipeline.assets.gradients import TRANSIENT, lora_config
@@ -97,27 +99,26 @@ def finetuned_model(
         else "-",
         "weighted": weights is not None,
     }
-    out_dir = store.path_for(
-        "finetuned_model", run, f"seed{seed}", combined_hash([f"{k}={v}" for k, v in identity.items()])
-    )
+    folder = ("finetuned_model", run, f"seed{seed}", combined_hash([f"{k}={v}" for k, v in identity.items()]))
     context.log.info(f"fine-tune {run} seed {seed}: {description}")
 
     def progress(step: int, total: int, loss: float) -> None:
         if step == total or step % 20 == 0:
             context.log.info(f"{run} seed {seed}: step {step}/{total}, loss {loss:.4f}")
 
-    result = train_lora(
-        loaded.model,
-        loaded.tokenizer,
-        examples,
-        out_dir,
-        recipe,
-        loaded.model_id,
-        weights=weights,
-        stream=stream,
-        device=compute.configure_torch(),
-        progress=progress,
-    )
+    with store.local_folder(*folder) as out_dir:  # resumes from the last saved step (pulled first if remote)
+        result = train_lora(
+            loaded.model,
+            loaded.tokenizer,
+            examples,
+            out_dir,
+            recipe,
+            loaded.model_id,
+            weights=weights,
+            stream=stream,
+            device=compute.configure_torch(),
+            progress=progress,
+        )
     final = result.checkpoints[-1]
     losses = [c.mean_loss for c in result.checkpoints]
     return dg.MaterializeResult(
@@ -131,7 +132,9 @@ def finetuned_model(
             "steps_run_now": result.steps_run,
             "final_mean_loss": round(final.mean_loss, 4),
             "train_seconds": round(result.seconds, 1),
-            "adapter": dg.MetadataValue.path(final.path),
+            "adapter": dg.MetadataValue.path(str(store.path_for(*folder, Path(final.path).name))),
+            "adapter_folder": "/".join(folder),  # evaluation reads the adapter back through the artifact store
+            "adapter_checkpoint": Path(final.path).name,
             "checkpoint_id": final.checkpoint_id,
             "model_id": loaded.model_id,
             **(

@@ -343,7 +343,7 @@ class StoreTrajectories(Trajectories):
         block_rows: int = 512,  # rows converted fp16 -> fp32 at a time: 512 x 1024 x 4 B = 2 MiB stays in cache
         prefetch: bool = True,  # open chunk c+1 on a helper thread while chunk c is multiplied
         mapped: bool = True,  # map chunk files (no copy) instead of FeatureStore.read_chunk (np.fromfile)
-    ):
+    ):  # mapping needs files on this machine: stores on an fsspec location are read chunk by chunk
         check_compatible(stores, "candidate")
         self.stores, self.w = list(stores), normalize_lr_weights(lr_weights)
         if len(self.w) != len(self.stores):
@@ -354,6 +354,7 @@ class StoreTrajectories(Trajectories):
         self.n_rows, self.d, self.n_checkpoints = m0.n_rows, m0.dim, len(self.stores)
         self.dim = self.d * self.n_checkpoints
         self.chunks = range(self.stores[0].n_chunks) if chunks is None else chunks
+        mapped = mapped and all(st.is_local for st in self.stores)
         self.block_rows, self.prefetch, self.mapped, self.passes = block_rows, prefetch, mapped, 0
         self._scale = np.sqrt(self.w).astype(np.float32)  # (T,)
         valid = np.logical_and.reduce([st.valid_mask() for st in self.stores])  # (N,) valid at every checkpoint

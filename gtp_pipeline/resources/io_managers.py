@@ -1,6 +1,6 @@
-"""ParquetIOManager: polars DataFrames as Parquet under the artifact root, one file per asset (partition)."""
+"""ParquetIOManager: polars DataFrames as Parquet under the artifact root (local or fsspec), one file per asset (partition)."""
 
-from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -8,11 +8,11 @@ from gtp_pipeline.resources.storage import ArtifactStore
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
-    """`<root>/<asset key path>/<partition or "data">.parquet`, written atomically."""
+    """`<root>/<asset key path>/<partition or "data">.parquet`, written atomically (rename locally, one PUT remotely)."""
 
     store: dg.ResourceDependency[ArtifactStore]
 
-    def _path(self, key: dg.AssetKey, partition: str | None) -> Path:
+    def _path(self, key: dg.AssetKey, partition: str | None) -> Any:
         return self.store.path_for(*key.path, f"{partition or 'data'}.parquet")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
@@ -23,11 +23,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "row_count": obj.height})
 
     def load_input(self, context: dg.InputContext):
-        import polars as pl
+        from gtp_pipeline.core.atomic import read_parquet
 
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
         partition = context.asset_partition_key if context.has_asset_partitions else None
         path = self._path(key, partition)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: materialize {key.to_user_string()} first")
-        return pl.read_parquet(path)
+        return read_parquet(path)
