@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.atomic import is_local, storage_path
-from gtp_pipeline.core.trajectory import Scan, StoreTrajectories, Trajectories, merge_top
+from gtp_pipeline.core.trajectory import Scan, StoreTrajectories, Trajectories, mean_of_parts, merge_top
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +194,7 @@ class DaskTrajectories(Trajectories):
     def mean(self) -> np.ndarray:
         parts = self._call("sum_valid")
         self.passes += 1
-        n = sum(p[1] for p in parts)
-        if n == 0:
-            raise ValueError("no valid rows: the mean trajectory is undefined")
-        return sum(p[0] for p in parts) / n
+        return mean_of_parts(parts)
 
     def close(self) -> None:
         """Drop the workers' cached views (and close the client if this object opened it)."""

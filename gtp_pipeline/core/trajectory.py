@@ -84,6 +84,14 @@ def _columns(R: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(R)  # (D, J)
 
 
+def mean_of_parts(parts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    """The mean valid trajectory from per-range (sum of valid rows, count) parts (sharded and Dask views)."""
+    n = sum(count for _, count in parts)
+    if n == 0:
+        raise ValueError("no valid rows: the mean trajectory is undefined")
+    return sum(total for total, _ in parts) / n
+
+
 def merge_top(parts: Sequence[Scan], m: int) -> Scan:
     """The m best of several scans (shards, or chunks), same order rule as a single scan."""
     idx = np.concatenate([p.top for p in parts])
@@ -595,10 +603,7 @@ class ShardedTrajectories(Trajectories):
     def mean(self) -> np.ndarray:
         parts = self._call("sum_valid")
         self.passes += 1
-        n = sum(p[1] for p in parts)
-        if n == 0:
-            raise ValueError("no valid rows: the mean trajectory is undefined")
-        return sum(p[0] for p in parts) / n
+        return mean_of_parts(parts)
 
     def close(self) -> None:
         for proc, conn, _ in self._workers:
