@@ -53,8 +53,37 @@ def _stages(defs: dg.Definitions) -> list[list[dg.AssetKey]]:
     return stages
 
 
+def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark runs whose process died (a killed demo) as failed and free their concurrency slots.
+
+    The embedded instance has no daemon to notice a dead run, and a dead run keeps its slot in pool "gpu", so
+    the next demo would wait for it forever. A run counts as dead when the process that started it is gone.
+    """
+    import os
+
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    released = []
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])):
+        pids = [e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid]
+        if pids:
+            try:
+                os.kill(pids[0], 0)
+                continue  # still running (another demo, or a run launched from the UI)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, someone else's
+        instance.report_run_failed(run, "its process is gone (killed); released by the next demo")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
 def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> list[dict]:
     """Materialize every stale or missing asset (partition) in dependency order; return what happened."""
+    for run_id in release_orphaned_runs(instance):
+        log(f"  released    run {run_id} (its process is gone)")
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     report = []

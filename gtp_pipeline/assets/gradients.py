@@ -180,7 +180,9 @@ def gradient_shards(
         chunks=mine,
     )
     context.log.info(
-        f"shard {shard}/{N_SHARDS} of {checkpoint_key}: {len(mine)} chunks, {report.examples_per_s:.1f} examples/s"
+        f"shard {shard}/{N_SHARDS} of {checkpoint_key}: {report.chunks_written} chunks computed"
+        + (f" at {report.examples_per_s:.1f} examples/s" if report.chunks_written else "")
+        + f", {report.chunks_skipped} already done"
     )
     return dg.MaterializeResult(
         metadata={
