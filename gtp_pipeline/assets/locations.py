@@ -24,6 +24,14 @@ def target_version(target_examples) -> str:
     return table_version(target_examples, TARGET_COLUMNS[:-2])
 
 
+def selection_version(table) -> str:
+    """Content hash of a selection (or sampling plan) table: what was picked, not how long picking took, so a
+    re-run selection with the same picks resumes its fine-tunes instead of starting them over."""
+    from gtp_pipeline.core.corpus import table_version
+
+    return table_version(table, tuple(c for c in table.columns if c != "select_seconds"))
+
+
 def combined_hash(parts: list[str]) -> str:
     import hashlib
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from gtp_pipeline.assets.gradients import TRANSIENT, lora_config
-from gtp_pipeline.assets.locations import combined_hash, corpus_version
+from gtp_pipeline.assets.locations import combined_hash, corpus_version, selection_version
 from gtp_pipeline.assets.metadata import md_image
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.partitions import finetune_partitions
@@ -71,7 +71,6 @@ def finetuned_model(
     config: FinetuneConfig,
 ) -> dg.MaterializeResult:
     """A LoRA adapter (safetensors) fine-tuned on one method's data at one budget, with the selection's identity."""
-    from gtp_pipeline.core.corpus import table_version
     from gtp_pipeline.core.lora_train import train_lora
     from gtp_pipeline.core.plots import lines_png
 
@@ -94,9 +93,7 @@ def finetuned_model(
         "run": run,
         "seed": seed,
         "corpus_version": corpus_version(raw_corpus),
-        "selection_version": table_version(source_table, tuple(source_table.columns))
-        if source_table is not None
-        else "-",
+        "selection_version": selection_version(source_table) if source_table is not None else "-",
         "weighted": weights is not None,
     }
     folder = ("finetuned_model", run, f"seed{seed}", combined_hash([f"{k}={v}" for k, v in identity.items()]))
