@@ -167,7 +167,7 @@ EXPERIMENT = replace(
         SourceSpec("sharegpt", limit=100),
         SourceSpec("bbc_news", limit_per_task=10),
     ),
-    target=replace(DEMO.target, n_test=200),
+    target=replace(DEMO.target, n_test=300),
     clusters=replace(DEMO.clusters, K=64),
     budgets=BudgetSettings(budgets=(0.01, 0.05), train_epochs=2, finetune_seeds=(0, 1)),
 )
