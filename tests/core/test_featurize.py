@@ -13,7 +13,6 @@ import torch
 from gtp_pipeline.core.feature_store import FeatureStore, StoreMismatchError
 from gtp_pipeline.core.featurize import GRADIENT_ZERO, FeatureConfig, featurize
 from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
-from gtp_pipeline.core.models import tiny_model
 from gtp_pipeline.core.projection import ProjectionConfig
 from gtp_pipeline.core.text import EMPTY_RESPONSE, RESPONSE_TRUNCATED_AWAY
 
@@ -35,17 +34,7 @@ class Interrupted(RuntimeError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conftest.py
 
 
 @pytest.fixture(scope="module")

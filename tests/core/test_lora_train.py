@@ -18,7 +18,6 @@ from gtp_pipeline.core.lora_train import (
     train_lora,
     warmup_subset,
 )
-from gtp_pipeline.core.models import tiny_model
 from gtp_pipeline.core.per_example_grads import response_losses
 from gtp_pipeline.core.text import collate, encode_example, pad_id
 
@@ -32,17 +31,7 @@ class Interrupted(RuntimeError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conftest.py
 
 
 def adapter(ckpt_path):

@@ -30,17 +30,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conftest.py
 
 
 @pytest.fixture(scope="module")
