@@ -125,15 +125,16 @@ class _PoolGram:
     """
 
     def __init__(self, Rt: torch.Tensor, block: int = 64):
-        self.Rt, self.block = Rt, block
+        self.Rt, self.block = Rt, block  # (M, D) the pool's rows
         self.at = np.full(Rt.shape[0], -1, dtype=np.int64)  # (M,) row of each pool atom in buf, -1 = not yet
         self.buf = torch.empty(min(Rt.shape[0], 4 * block), Rt.shape[0])  # (rows, M)
         self.n = 0
 
-    def row(self, p: int, c: np.ndarray) -> torch.Tensor:
-        """(M,) <a_p, a_q> for every pool atom q; c ranks which other rows to compute alongside p's."""
+    def row(self, p: int, c: np.ndarray, floor: float) -> torch.Tensor:
+        """(M,) <a_p, a_q> for every pool atom q. Rows are computed alongside p's for the atoms of highest c still
+        above `floor` (below it an atom is out of the round, unless later picks raise its correlation again)."""
         if self.at[p] < 0:
-            todo = np.flatnonzero((self.at < 0) & (c > -np.inf))
+            todo = np.flatnonzero((self.at < 0) & (c > floor))
             todo = todo[np.argsort(-c[todo], kind="stable")[: self.block]]
             if p not in todo:
                 todo = np.append(todo[: self.block - 1], p)
@@ -152,7 +153,8 @@ def _grow(sup: CholeskySupport, scan: Scan, b: np.ndarray, limit: int, m: int, g
     pool, rows = scan.top[:m], scan.rows[:m]  # (M,), (M, D)
     tau = float(scan.scores[m]) if scan.top.size > m else 0.0  # best correlation outside the pool at the pass
     keep = scan.scores[:m] > 0
-    pool, rows = pool[keep], rows[keep]
+    if not keep.all():  # (a copy of the pool's rows: only when some have no positive correlation)
+        pool, rows = pool[keep], rows[keep]
     M = pool.size
     if M == 0:
         return 0
@@ -162,7 +164,7 @@ def _grow(sup: CholeskySupport, scan: Scan, b: np.ndarray, limit: int, m: int, g
     gram = _PoolGram(Rt)
     CT = torch.empty(max(limit, sup.s) + 1, M)  # (|S|, M) cross Gram A_S A_P^T, row i = support position i
     if sup.s:
-        CT[: sup.s] = torch.from_numpy(sup.rows[: sup.s]) @ Rt.T
+        CT[: sup.s] = sup.cross(Rt)
     taken, banned = np.zeros(M, dtype=bool), np.zeros(M, dtype=bool)
     floor = max(gamma * tau, 1e-7 * float(np.linalg.norm(b)))
     added = 0
@@ -177,11 +179,11 @@ def _grow(sup: CholeskySupport, scan: Scan, b: np.ndarray, limit: int, m: int, g
         if sup.last_dropped.size:  # NNLS zeroed some atoms: drop their rows, they may come back later
             for src, dst in shifted_segments(sup.last_dropped[sup.last_dropped < s], s):
                 CT[dst] = CT[src].clone()
-            taken = np.isin(pool, sup.idx[: sup.s])
+            taken[np.isin(pool, sup.last_dropped_ids)] = False
         if not ok:
             banned[p] = True  # numerically in span(A_S) or no positive weight: never worth a second look this round
             continue
-        CT[sup.s - 1] = gram.row(p, c)
+        CT[sup.s - 1] = gram.row(p, c, floor)
         taken[p] = True
         added += 1
     return added
@@ -310,7 +312,7 @@ def cholesky_omp(view: Trajectories, target: np.ndarray, config: PursuitConfig =
             stop = "no_progress"
             break
         row = scan.rows[0]  # (D,)
-        g = torch.mv(torch.from_numpy(sup.rows[: sup.s]), torch.from_numpy(row)).double().numpy()  # (s,) A_S^T a_j
+        g = sup.cross(torch.from_numpy(row)[None])[:, 0].double().numpy()  # (s,) A_S^T a_j
         if not sup.add(int(scan.top[0]), row, g, float(row @ row), float(row @ b32)):
             stop = "no_progress"  # the best-correlated atom cannot enter: numerically nothing left to gain
             break
