@@ -10,10 +10,12 @@ within-cluster part + noise), 2% exact duplicates, rows unit-normalized per chec
 one cluster plus noise, written as target stores and turned into b by build_target.
 Every method streams the same store (in page cache, norms cached, every kernel called once in a burn-in stage); times
 are wall seconds: GTP and top-k the median of REPS runs, the one-pass-per-atom OMP baselines a single run.
-Full mode: GTP and the Cholesky OMP run to k at full size; GradMatch runs a prefix of `GRADMATCH_PREFIX` iterations
-whose time is extrapolated to k: each remaining iteration costs the pass time measured in the prefix (its wall time
-minus its algebra) plus its algebra (append, Gram from scratch, lstsq, residual) timed at several support sizes and
-interpolated; "gradmatch_omp_wall_s_extrapolated" says so. Every residual ratio comes from fully-run algorithms: the full-size
+Full mode: GTP and the Cholesky OMP run to k at full size; GradMatch runs REPS prefixes of `GRADMATCH_PREFIX` / REPS
+iterations, each right after one of GTP's timed runs (the machine's speed drifts by 20% over minutes; interleaving
+makes both sides of the ratio see the same drift), and its time is extrapolated to k: every iteration costs the
+pass time measured in the prefixes (median over them of wall time minus algebra, per iteration) plus its algebra
+(append, Gram from scratch, lstsq, residual) timed at several support sizes and interpolated;
+"gradmatch_omp_wall_s_extrapolated" says so. Every residual ratio comes from fully-run algorithms: the full-size
 GTP/Cholesky pair, and a second, smaller store (`COMPARE_N`) where all methods, GradMatch included, run to k.
 The streaming pass (correlate over the store) is compared with a torch GEMV over the same rows held in memory as the
 fp32 trajectory matrix (the in-memory variant's operation), and, for reference, an fp16 GEMV over the raw bytes.
@@ -164,8 +166,13 @@ def gradmatch_solve_seconds(s_values: list[int], dim: int) -> np.ndarray:
     return np.asarray(out)
 
 
-def compare(root: str, n: int, cfg: PursuitConfig, full_gradmatch: bool) -> tuple[dict, dict]:
-    """Build a store of n rows, run every method to k on it; return (summary, {method: Selection})."""
+def compare(
+    root: str, n: int, cfg: PursuitConfig, full_gradmatch: bool, gradmatch_prefix: int = 0
+) -> tuple[dict, dict]:
+    """Build a store of n rows, run every method to k on it; return (summary, {view, b, sels, gradmatch prefixes}).
+
+    With `gradmatch_prefix`, each timed GTP run is followed by a GradMatch prefix of that many iterations.
+    """
     t = time.perf_counter()
     cands, targets, group = synthetic_stores(root, n, SEED)
     build_s = time.perf_counter() - t
@@ -176,7 +183,13 @@ def compare(root: str, n: int, cfg: PursuitConfig, full_gradmatch: bool) -> tupl
     for fit in (gtp, less_topk, cholesky_omp, gradmatch_omp):
         fit(view, b, small)
     # timed stage: the fast methods as the median of REPS runs, the one-pass-per-atom baselines once
-    sels = {"gtp": median_run(gtp, view, b, cfg), "less_topk": median_run(less_topk, view, b, cfg)}
+    gtp_runs, prefixes = [], []
+    for _ in range(REPS):
+        gtp_runs.append(gtp(view, b, cfg))
+        if gradmatch_prefix:
+            prefixes.append(gradmatch_omp(view, b, cfg, max_iterations=gradmatch_prefix))
+    sels = {"gtp": sorted(gtp_runs, key=lambda sel: sel.seconds)[REPS // 2]}
+    sels["less_topk"] = median_run(less_topk, view, b, cfg)
     sels["cholesky_omp"] = cholesky_omp(view, b, cfg)
     if full_gradmatch:
         sels["gradmatch_omp"] = gradmatch_omp(view, b, cfg)
@@ -204,7 +217,24 @@ def compare(root: str, n: int, cfg: PursuitConfig, full_gradmatch: bool) -> tupl
         out["gtp_speedup_vs_gradmatch_omp"] = out["gradmatch_omp_wall_s"] / out["gtp_wall_s"]
         out["gradmatch_omp_fill"] = sels["gradmatch_omp"].fill
     out.update(stream_vs_memory(view, b))
-    return out, dict(view=view, b=b, sels=sels)
+    return out, dict(view=view, b=b, sels=sels, prefixes=prefixes, gtp_seconds=[r.seconds for r in gtp_runs])
+
+
+def extrapolate_gradmatch(ctx: dict, k: int, per_prefix: int) -> tuple[float, dict]:
+    """GradMatch's wall time to k iterations from its timed prefixes (see the module docstring)."""
+    s_grid = sorted({1, per_prefix // 2, per_prefix, k // 4, k // 2, 3 * k // 4, k} - {0})
+    solve = gradmatch_solve_seconds(s_grid, ctx["view"].dim)  # seconds of each iteration's algebra at each s
+    algebra_done = float(np.interp(np.arange(1, per_prefix + 1), s_grid, solve).sum())
+    pass_s = [(p.seconds - algebra_done) / per_prefix for p in ctx["prefixes"]]  # per iteration, each prefix
+    per_pass = float(np.median(pass_s))
+    est = k * per_pass + float(np.interp(np.arange(1, k + 1), s_grid, solve).sum())
+    return est, dict(
+        gradmatch_omp_iterations_run=per_prefix * len(pass_s),
+        gradmatch_omp_prefix_wall_s=[round(p.seconds, 4) for p in ctx["prefixes"]],
+        gradmatch_omp_pass_s=per_pass,  # measured in the prefixes: wall time minus algebra, per iteration
+        gradmatch_omp_pass_s_each_prefix=[round(x, 5) for x in pass_s],
+        gradmatch_omp_algebra_s_at_k=float(solve[-1]),
+    )
 
 
 def main() -> None:
@@ -238,30 +268,34 @@ def main() -> None:
         ),
     )
     with tempfile.TemporaryDirectory(prefix="bench_pursuit_") as tmp:
-        main_cmp, ctx = compare(os.path.join(tmp, "main"), N, cfg, full_gradmatch=args.quick)
+        per_prefix = GRADMATCH_PREFIX // REPS
+        main_cmp, ctx = compare(
+            os.path.join(tmp, "main"),
+            N,
+            cfg,
+            full_gradmatch=args.quick,
+            gradmatch_prefix=0 if args.quick else per_prefix,
+        )
         result.update(main_cmp)
         if not args.quick:
-            view, b = ctx["view"], ctx["b"]
-            prefix = gradmatch_omp(view, b, cfg, max_iterations=GRADMATCH_PREFIX)
-            s_grid = sorted({1, GRADMATCH_PREFIX // 2, GRADMATCH_PREFIX, k // 4, k // 2, 3 * k // 4, k})
-            solve = gradmatch_solve_seconds(s_grid, view.dim)  # seconds of each iteration's algebra at each s
-            done, rest = np.arange(1, GRADMATCH_PREFIX + 1), np.arange(GRADMATCH_PREFIX + 1, k + 1)
-            per_pass = (prefix.seconds - float(np.interp(done, s_grid, solve).sum())) / GRADMATCH_PREFIX
-            est = prefix.seconds + rest.size * per_pass + float(np.interp(rest, s_grid, solve).sum())
+            est, detail = extrapolate_gradmatch(ctx, k, per_prefix)
             result.update(
                 gradmatch_omp_wall_s=est,
                 gradmatch_omp_wall_s_extrapolated=True,
-                gradmatch_omp_iterations_run=GRADMATCH_PREFIX,
-                gradmatch_omp_prefix_wall_s=prefix.seconds,
-                gradmatch_omp_pass_s=per_pass,  # measured in the prefix: its wall time minus its algebra
-                gradmatch_omp_algebra_s_at_k=float(solve[-1]),
+                **detail,
                 gtp_speedup_vs_gradmatch_omp=est / result["gtp_wall_s"],
+                gtp_wall_s_each_run=[round(x, 4) for x in ctx["gtp_seconds"]],
             )
             del ctx
-            small, _ = compare(
-                os.path.join(tmp, "small"), COMPARE_N, PursuitConfig(budget=max(1, int(args.k_frac * COMPARE_N))), True
+            k_small = max(1, int(args.k_frac * COMPARE_N))
+            small, ctx = compare(
+                os.path.join(tmp, "small"), COMPARE_N, PursuitConfig(budget=k_small), True, gradmatch_prefix=per_prefix
             )
-            keep = ("residual", "wall_s", "speedup", "passes", "over_topk", "fill", "duplicates")
+            # the extrapolation model checked where GradMatch also ran to k: predicted vs measured wall time
+            small["gradmatch_omp_wall_s_extrapolated_from_prefixes"] = extrapolate_gradmatch(ctx, k_small, per_prefix)[
+                0
+            ]
+            keep = ("residual", "wall_s", "speedup", "passes", "over_topk", "fill", "duplicates", "extrapolated")
             result["small_full_comparison"] = {
                 key: v for key, v in small.items() if key in ("n", "k") or any(s in key for s in keep)
             }

@@ -90,6 +90,50 @@ def test_incremental_support_weights_are_exact_nnls_after_every_add():
     assert drops > 0  # the negative-weight path was exercised
 
 
+def test_support_removals_keep_factor_gram_weights_and_slots_exact():
+    """Single removals (first, last, one with more trailing rows than a downdate block), a multiple removal, adds
+    into freed slots, and a restore: the factor still factors the Gram of the support (independently computed), the
+    packed rows equal the dense ones, the weights are scipy's NNLS and the residual is b - A_S w."""
+    g = np.random.default_rng(0)
+    D, n = 256, 150
+    A = unit(g.standard_normal((n + 30, D)))
+    A64 = A.astype(np.float64)
+    b = (g.random(n) + 0.5) @ A64[:n]  # a positive combination of the first n atoms
+    sup = CholeskySupport(D)
+
+    def add(j):
+        S = sup.indices
+        return sup.add(j, A[j], A64[S] @ A64[j], float(A64[j] @ A64[j]), float(A64[j] @ b))
+
+    def check():
+        S, s = sup.indices, sup.s
+        L = sup.L[:s, :s]
+        np.testing.assert_allclose(L @ L.T, A64[S] @ A64[S].T, atol=1e-9)
+        np.testing.assert_allclose(sup.gram(), A64[S] @ A64[S].T, atol=1e-12)
+        packed = np.concatenate([L[i, : i + 1] for i in range(s)])
+        np.testing.assert_array_equal(sup.Lp[: packed.size], packed)
+        np.testing.assert_allclose(sup.weights, scipy_nnls(A64[S].T, b)[0], atol=1e-6)
+        np.testing.assert_allclose(sup.residual(b), b - sup.weights @ A64[S], atol=1e-4)
+
+    for j in range(n):
+        add(j)
+    assert sup.s > 100  # more than a downdate block (64 rows) behind position 20
+    check()
+    for pos in ([0], [-1], [20], [5, 90, 91]):  # -1: the last position
+        pos = [p % sup.s for p in pos]
+        before = sup.indices
+        sup.remove(np.array(pos))
+        assert not np.isin(before[pos], sup.indices).any()
+        check()
+    snap, hi = sup.state(), sup.hi
+    for j in range(n, n + 30):
+        add(j)
+        check()
+    assert sup.hi <= max(hi, sup.s + len(sup.free))  # freed slots were reused before new ones
+    sup.restore(snap)
+    check()
+
+
 # --- GTP against its oracles ---------------------------------------------------------------------------------------
 def test_gtp_with_k1_picks_less_top1():
     view = DenseTrajectories.from_blocks(clustered(seed=3), LR)
