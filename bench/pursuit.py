@@ -8,19 +8,15 @@ One run, one store in a temp dir (T checkpoints x d dims, fp16, chunked like the
 Data: clustered low-rank gradients (shared mean direction + Zipf-sized clusters with per-checkpoint drift + a rank-8
 within-cluster part + noise), 2% exact duplicates, rows unit-normalized per checkpoint. Target rows: a few rows of
 one cluster plus noise, written as target stores and turned into b by build_target.
-Every method streams the same store (in page cache, norms cached, every kernel called once in a burn-in stage); times
-are wall seconds: GTP and top-k the median of REPS runs, the one-pass-per-atom OMP baselines a single run.
-Full mode: GTP and the Cholesky OMP run to k at full size; GradMatch runs REPS prefixes of `GRADMATCH_PREFIX` / REPS
-iterations, each right after one of GTP's timed runs (the machine's speed drifts by 20% over minutes; interleaving
-makes both sides of the ratio see the same drift), and its time is extrapolated to k: every iteration costs the
-pass time measured in the prefixes (median over them of wall time minus algebra, per iteration) plus its algebra
-(append, Gram from scratch, lstsq, residual) timed at several support sizes and interpolated;
-"gradmatch_omp_wall_s_extrapolated" says so. Every residual ratio comes from fully-run algorithms: the full-size
-GTP/Cholesky pair, and a second, smaller store (`COMPARE_N`) where all methods, GradMatch included, run to k.
+Every method streams the same store (in page cache, norms cached, every kernel called once in a burn-in stage) and
+runs to k; times are wall seconds. GTP and top-k: the median of 2 x REPS runs, REPS before and REPS after the two
+one-pass-per-atom OMP baselines, which run once each (minutes): the machine's speed drifts by up to 20% over minutes,
+so GTP is sampled on both sides of the long runs it is compared with. A second, smaller store (`COMPARE_N`) repeats
+the comparison at another size.
 The streaming pass (correlate over the store) is compared with a torch GEMV over the same rows held in memory as the
 fp32 trajectory matrix (the in-memory variant's operation), and, for reference, an fp16 GEMV over the raw bytes.
 
-Run: python bench/pursuit.py            (full: N=100k, 4 x 1024 dims, k=1000; several minutes)
+Run: python bench/pursuit.py            (full: N=100k, 4 x 1024 dims, k=1000; about 9 minutes)
      python bench/pursuit.py --quick    (N=20k, k=200; under a minute)
 Prints one JSON line. Goals: gtp_vs_cholesky_omp_residual <= 1.05, gtp_speedup_vs_gradmatch_omp >= 100,
 gtp_speedup_vs_cholesky_omp >= 10, gtp_over_topk_wall <= 20, stream_vs_inmem_fp32_gemv >= 0.5.
@@ -60,12 +56,11 @@ N_TARGET = 8  # target dev rows: noisy copies of rows of one cluster
 SHARED, CENTRE, DRIFT, WITHIN, NOISE = 0.05, 0.3, 0.2, 0.6, 1.0
 TARGET_NOISE = 0.5  # noise added to each target row (relative to the unit row)
 LR = (1.6877e-05, 1.2859e-05, 7.7030e-06, 2.5616e-06)  # LESS README checkpoint weights
-GRADMATCH_PREFIX = 150  # GradMatch iterations actually run at full size; the rest is extrapolated
 COMPARE_N = 20_000  # second store where every method, GradMatch included, runs to k
-REPS = 3  # timed runs of GTP and top-k (median reported); the OMP baselines run once
+REPS = 3  # timed runs of GTP and top-k on each side of the OMP baselines (median reported); those run once
 THREADS = 1  # torch intra-op threads; the store reader is one more thread. 1 is faster on a busy 2-core box
 SEED = 0
-QUICK = dict(N=20_000, GRADMATCH_PREFIX=0, COMPARE_N=0)
+QUICK = dict(N=20_000, COMPARE_N=0)
 
 
 def synthetic_stores(root: str, n: int, seed: int) -> tuple[list[FeatureStore], list[FeatureStore], np.ndarray]:
@@ -116,29 +111,31 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def best_time(fn, reps: int = 3) -> float:
-    fn()  # burn-in
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def best_times(fns: dict, reps: int = 5) -> dict:
+    """Best wall time of each function over `reps` interleaved rounds (after one burn-in call each): interleaved,
+    a slow phase of the machine hits every function alike."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
-def median_run(fit, view, b, cfg):
-    """The run with the median wall time of REPS runs (the selections are identical: every method is deterministic)."""
-    runs = sorted((fit(view, b, cfg) for _ in range(REPS)), key=lambda sel: sel.seconds)
-    return runs[len(runs) // 2]
+def median_run(runs: list):
+    """The run with the median wall time (the selections are identical: every method is deterministic)."""
+    return sorted(runs, key=lambda sel: sel.seconds)[len(runs) // 2]
 
 
 def stream_vs_memory(view: StoreTrajectories, b: np.ndarray) -> dict:
     """Streaming pass vs a torch GEMV over the same rows in memory (fp32 trajectories, and the raw fp16 bytes)."""
-    t_stream = best_time(lambda: view.correlate(b))
     A, bt = torch.from_numpy(view.to_dense().A), torch.from_numpy(b.astype(np.float32))  # (N, D) fp32 in memory
-    t_fp32 = best_time(lambda: A @ bt)
     A16, b16 = A.half(), bt.half()  # (N, D) the store's fp16 bytes in memory
-    t_fp16 = best_time(lambda: A16 @ b16)
+    t = best_times(dict(stream=lambda: view.correlate(b), fp32=lambda: A @ bt, fp16=lambda: A16 @ b16))
+    t_stream, t_fp32, t_fp16 = t["stream"], t["fp32"], t["fp16"]
     nbytes = view.n_rows * view.dim * 2  # fp16 bytes streamed per pass
     return dict(
         stream_pass_s=t_stream,
@@ -150,29 +147,8 @@ def stream_vs_memory(view: StoreTrajectories, b: np.ndarray) -> dict:
     )
 
 
-def gradmatch_solve_seconds(s_values: list[int], dim: int) -> np.ndarray:
-    """Wall time of one GradMatch iteration's work besides its pass, at support size s: append the new row,
-    Gram from scratch, lstsq, residual (pursuit.gradmatch_omp's loop body)."""
-    out = []
-    for s in s_values:
-        rows, row, bt = torch.randn(s - 1, dim) / np.sqrt(dim), torch.randn(1, dim) / np.sqrt(dim), torch.randn(dim)
-
-        def step(rows=rows, row=row, bt=bt):
-            A = torch.cat([rows, row])
-            x = torch.linalg.lstsq(A @ A.T, (A @ bt)[:, None]).solution[:, 0]
-            bt - x @ A
-
-        out.append(best_time(step, reps=2))
-    return np.asarray(out)
-
-
-def compare(
-    root: str, n: int, cfg: PursuitConfig, full_gradmatch: bool, gradmatch_prefix: int = 0
-) -> tuple[dict, dict]:
-    """Build a store of n rows, run every method to k on it; return (summary, {view, b, sels, gradmatch prefixes}).
-
-    With `gradmatch_prefix`, each timed GTP run is followed by a GradMatch prefix of that many iterations.
-    """
+def compare(root: str, n: int, cfg: PursuitConfig) -> dict:
+    """Build a store of n rows, run every method to k on it; return the summary."""
     t = time.perf_counter()
     cands, targets, group = synthetic_stores(root, n, SEED)
     build_s = time.perf_counter() - t
@@ -182,17 +158,13 @@ def compare(
     small = dataclasses.replace(cfg, budget=min(cfg.budget, 20))
     for fit in (gtp, less_topk, cholesky_omp, gradmatch_omp):
         fit(view, b, small)
-    # timed stage: the fast methods as the median of REPS runs, the one-pass-per-atom baselines once
-    gtp_runs, prefixes = [], []
-    for _ in range(REPS):
-        gtp_runs.append(gtp(view, b, cfg))
-        if gradmatch_prefix:
-            prefixes.append(gradmatch_omp(view, b, cfg, max_iterations=gradmatch_prefix))
-    sels = {"gtp": sorted(gtp_runs, key=lambda sel: sel.seconds)[REPS // 2]}
-    sels["less_topk"] = median_run(less_topk, view, b, cfg)
-    sels["cholesky_omp"] = cholesky_omp(view, b, cfg)
-    if full_gradmatch:
-        sels["gradmatch_omp"] = gradmatch_omp(view, b, cfg)
+    # timed stage: GTP and top-k on both sides of the one-pass-per-atom baselines (see the module docstring)
+    gtp_runs = [gtp(view, b, cfg) for _ in range(REPS)]
+    topk_runs = [less_topk(view, b, cfg) for _ in range(REPS)]
+    sels = {"cholesky_omp": cholesky_omp(view, b, cfg), "gradmatch_omp": gradmatch_omp(view, b, cfg)}
+    gtp_runs += [gtp(view, b, cfg) for _ in range(REPS)]
+    topk_runs += [less_topk(view, b, cfg) for _ in range(REPS)]
+    sels["gtp"], sels["less_topk"] = median_run(gtp_runs), median_run(topk_runs)
     out = dict(n=n, k=cfg.budget, build_store_s=round(build_s, 2))
     for name, sel in sels.items():
         warm = (
@@ -206,46 +178,28 @@ def compare(
         out[f"{name}_residual"] = sel.residual if name != "less_topk" else res
         out[f"{name}_nnls_residual_of_set"] = res
         out[f"{name}_duplicates_selected"] = int(sel.indices.size - np.unique(group[sel.indices]).size)
-    omp = out["cholesky_omp_residual"]
-    out["gtp_vs_cholesky_omp_residual"] = out["gtp_residual"] / omp
+    out["gtp_wall_s_each_run"] = [round(r.seconds, 4) for r in gtp_runs]
+    out["gtp_vs_cholesky_omp_residual"] = out["gtp_residual"] / out["cholesky_omp_residual"]
+    out["gtp_vs_gradmatch_omp_residual"] = out["gtp_residual"] / out["gradmatch_omp_residual"]
     out["gtp_speedup_vs_cholesky_omp"] = out["cholesky_omp_wall_s"] / out["gtp_wall_s"]
+    out["gtp_speedup_vs_gradmatch_omp"] = out["gradmatch_omp_wall_s"] / out["gtp_wall_s"]
     out["gtp_over_topk_wall"] = out["gtp_wall_s"] / out["less_topk_wall_s"]
     out["gtp_stop_reason"], out["gtp_rounds"] = sels["gtp"].stop_reason, sels["gtp"].rounds
     out["gtp_accepted_per_round"] = sels["gtp"].info.get("accepted_per_round")
-    if full_gradmatch:
-        out["gtp_vs_gradmatch_omp_residual"] = out["gtp_residual"] / out["gradmatch_omp_residual"]
-        out["gtp_speedup_vs_gradmatch_omp"] = out["gradmatch_omp_wall_s"] / out["gtp_wall_s"]
-        out["gradmatch_omp_fill"] = sels["gradmatch_omp"].fill
+    out["gradmatch_omp_fill"] = sels["gradmatch_omp"].fill
     out.update(stream_vs_memory(view, b))
-    return out, dict(view=view, b=b, sels=sels, prefixes=prefixes, gtp_seconds=[r.seconds for r in gtp_runs])
-
-
-def extrapolate_gradmatch(ctx: dict, k: int, per_prefix: int) -> tuple[float, dict]:
-    """GradMatch's wall time to k iterations from its timed prefixes (see the module docstring)."""
-    s_grid = sorted({1, per_prefix // 2, per_prefix, k // 4, k // 2, 3 * k // 4, k} - {0})
-    solve = gradmatch_solve_seconds(s_grid, ctx["view"].dim)  # seconds of each iteration's algebra at each s
-    algebra_done = float(np.interp(np.arange(1, per_prefix + 1), s_grid, solve).sum())
-    pass_s = [(p.seconds - algebra_done) / per_prefix for p in ctx["prefixes"]]  # per iteration, each prefix
-    per_pass = float(np.median(pass_s))
-    est = k * per_pass + float(np.interp(np.arange(1, k + 1), s_grid, solve).sum())
-    return est, dict(
-        gradmatch_omp_iterations_run=per_prefix * len(pass_s),
-        gradmatch_omp_prefix_wall_s=[round(p.seconds, 4) for p in ctx["prefixes"]],
-        gradmatch_omp_pass_s=per_pass,  # measured in the prefixes: wall time minus algebra, per iteration
-        gradmatch_omp_pass_s_each_prefix=[round(x, 5) for x in pass_s],
-        gradmatch_omp_algebra_s_at_k=float(solve[-1]),
-    )
+    return out
 
 
 def main() -> None:
-    global N, GRADMATCH_PREFIX, COMPARE_N
+    global N, COMPARE_N
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N=20k, everything fully run, under a minute")
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--k-frac", type=float, default=K_FRAC, help="budget as a fraction of the pool (LESS: 0.05)")
     args = ap.parse_args()
     if args.quick:
-        N, GRADMATCH_PREFIX, COMPARE_N = QUICK["N"], QUICK["GRADMATCH_PREFIX"], QUICK["COMPARE_N"]
+        N, COMPARE_N = QUICK["N"], QUICK["COMPARE_N"]
     torch.set_num_threads(args.threads)
     k = max(1, int(args.k_frac * N))
     cfg = PursuitConfig(budget=k, seed=SEED)
@@ -268,39 +222,14 @@ def main() -> None:
         ),
     )
     with tempfile.TemporaryDirectory(prefix="bench_pursuit_") as tmp:
-        per_prefix = GRADMATCH_PREFIX // REPS
-        main_cmp, ctx = compare(
-            os.path.join(tmp, "main"),
-            N,
-            cfg,
-            full_gradmatch=args.quick,
-            gradmatch_prefix=0 if args.quick else per_prefix,
-        )
-        result.update(main_cmp)
-        if not args.quick:
-            est, detail = extrapolate_gradmatch(ctx, k, per_prefix)
-            result.update(
-                gradmatch_omp_wall_s=est,
-                gradmatch_omp_wall_s_extrapolated=True,
-                **detail,
-                gtp_speedup_vs_gradmatch_omp=est / result["gtp_wall_s"],
-                gtp_wall_s_each_run=[round(x, 4) for x in ctx["gtp_seconds"]],
-            )
-            del ctx
+        result.update(compare(os.path.join(tmp, "main"), N, cfg))
+        if COMPARE_N:
             k_small = max(1, int(args.k_frac * COMPARE_N))
-            small, ctx = compare(
-                os.path.join(tmp, "small"), COMPARE_N, PursuitConfig(budget=k_small), True, gradmatch_prefix=per_prefix
-            )
-            # the extrapolation model checked where GradMatch also ran to k: predicted vs measured wall time
-            small["gradmatch_omp_wall_s_extrapolated_from_prefixes"] = extrapolate_gradmatch(ctx, k_small, per_prefix)[
-                0
-            ]
-            keep = ("residual", "wall_s", "speedup", "passes", "over_topk", "fill", "duplicates", "extrapolated")
+            small = compare(os.path.join(tmp, "small"), COMPARE_N, PursuitConfig(budget=k_small, seed=SEED))
+            keep = ("residual", "wall_s", "speedup", "passes", "over_topk", "fill", "duplicates")
             result["small_full_comparison"] = {
                 key: v for key, v in small.items() if key in ("n", "k") or any(s in key for s in keep)
             }
-        else:
-            result["gradmatch_omp_wall_s_extrapolated"] = False
     print(json.dumps({key: (round(v, 6) if isinstance(v, float) else v) for key, v in result.items()}))
 
 

@@ -28,7 +28,7 @@ atom are never picked (algorithms.md §2.2). This is batch identification (gOMP,
 gOMP's blind batch add: a pool atom explained by an earlier pick loses its correlation before it is considered.
 Plain non-negative CoSaMP (add the top 2k, NNLS on the union, keep the k largest), measured on the same data with
 scipy's NNLS: 1.62x, 1.18x, 1.02x OMP's residual after 1, 2, 3 iterations, 55 s in all (the NNLS on up to 3k
-columns dominates); GTP: 1.015x in 2.5-3.9 s (5 passes; the range is load on the shared machine).
+columns dominates); GTP: 1.015x in 1.7-2.3 s (5 passes; the range is the machine's drift, docs/BENCHMARKS.md).
 The approximation: atoms outside the pool are not re-scored between passes. At the pass their correlations were at
 most tau (the (m+1)-th best); a round accepts while the pool's best correlation exceeds gamma * tau (`accept_ratio`)
 and then makes a new pass. gamma = 1 would be exact if outside correlations never grew; they mostly shrink with the
