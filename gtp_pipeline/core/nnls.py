@@ -129,7 +129,7 @@ class CholeskySupport:
     """A growing support S with its rows, Gram G (float64), Cholesky factor L (G = L L^T) and NNLS weights.
 
     Positions 0..s-1 order the support (the factor's order). The factor is kept twice: dense in a (cap x cap) buffer
-    padded with the identity (for the vectorized removal update), and packed row after row (`Lp`, row i at offset
+    (identity beyond s; the removal update reads it), and packed row after row (`Lp`, row i at offset
     i (i + 1) / 2), which grows by appending and is what every triangular solve reads: BLAS dtpsv on exactly s rows,
     2.4x faster than a LAPACK solve on the padded buffer (a solve on a strided s x s view would copy it, ~10x slower).
     Rows and Gram entries live in slots (`slot[i]`: position i's slot, freed slots reused): removing an atom then
@@ -140,7 +140,7 @@ class CholeskySupport:
     def __init__(self, dim: int, capacity: int = 64):
         self.dim, self.s = dim, 0
         self.hi, self.free = 0, []  # slots 0..hi-1 have been used; `free` of them are not in the support now
-        self._alloc(_capacity(capacity))  # grows with s: a solve costs cap^2, so never allocate the budget upfront
+        self._alloc(_capacity(capacity))  # grows with s (two cap x cap float64 buffers): never the budget upfront
         self._dropped(np.zeros(0, dtype=np.int64))
 
     def _dropped(self, positions: np.ndarray, ids: np.ndarray | None = None) -> None:
@@ -169,7 +169,7 @@ class CholeskySupport:
             rows[:hi], G[:hi, :hi] = self.rows_by_slot[:hi], self.G_by_slot[:hi, :hi]
         self.cap, self.idx, self.slot, self.h, self.w, self.L, self.Lp = cap, idx, slot, h, w, L, Lp
         self.rows_by_slot, self.G_by_slot = rows, G
-        self._Lt = torch.from_numpy(L)  # shares memory: torch's solves follow torch.set_num_threads
+        self._Lt = torch.from_numpy(L)  # shares memory: the removal update and inverse_diagonal work on it in torch
         self._scratch = torch.empty(64 * cap, dtype=torch.float64)  # the factor update's work area
 
     def _new_slot(self) -> int:
