@@ -6,6 +6,19 @@ os.environ.setdefault("GTP_PROFILE", "tiny")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if not _has_cuda():  # Triton kernels run in its CPU interpreter (read when a kernel is defined, so set it first)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 
 
@@ -19,13 +32,7 @@ def tiny_resources(tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     """`cuda` tests skip cleanly on machines without an NVIDIA GPU (CI has none)."""
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if has_cuda:
+    if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
     for item in items:

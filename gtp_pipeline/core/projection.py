@@ -9,8 +9,8 @@ R is defined tile by tile: rows [k*TILE_ROWS, (k+1)*TILE_ROWS) are the bits of a
 keyed by (seed, k) (numpy's `Philox.random_raw`, a stable bit stream), row-major, least significant bit first,
 bit 0 -> +1, bit 1 -> -1. So any
 block of rows can be generated on its own, in any order, in any process, and R does not depend on the
-block size used to apply it. It is always generated on the CPU and then moved, so CPU and CUDA inputs see
-the same matrix.
+block size used to apply it. The same bits are generated on the CPU (numpy) or on a GPU (core/projection_triton.py,
+checked word for word against numpy), so features never depend on the hardware that made them.
 
 Implementations (TRAK's AbstractProjector interface: `project(grads) -> Tensor`):
   - `DenseProjector`: materializes R and computes grads @ R. Slow and memory-hungry; for tests, small sizes
@@ -20,6 +20,9 @@ Implementations (TRAK's AbstractProjector interface: `project(grads) -> Tensor`)
     whole store chunk per call, and blocks are cached up to `cache_bytes` (the rest is regenerated per call).
     The cache is shared by every projector of the process that applies the same matrix, so the features of
     every checkpoint and of the targets reuse it (`clear_projection_cache` releases it).
+  - `TritonProjector` (core/projection_triton.py): R generated on the GPU inside the product, for sizes whose R
+    cannot be cached (a 7B model's LoRA gradients: ~1.1e12 entries).
+`make_projector` picks one for a device.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class ProjectionConfig:
     block_rows: int = 16_384  # rows of R per fused block: 16k x 1024 x 2 B = 32 MiB, cache-friendly
     dtype: Literal["fp32", "bf16"] = "bf16"  # product dtype; bf16 entries +-1 are exact, sums accumulate in fp32
     cache_bytes: int = 2 << 30  # keep generated blocks up to 2 GiB; beyond that they are regenerated per call
+    kernel: Literal["auto", "blocks", "triton"] = "auto"  # auto: triton on CUDA when it can, else CPU-made blocks
 
     def identity(self) -> dict[str, object]:
         """What makes two projections the same matrix (not how it is applied)."""
@@ -217,6 +221,27 @@ class BlockProjector(Projector):
         self._cache.clear()
 
 
-def make_projector(n_params: int, config: ProjectionConfig, dense: bool = False) -> Projector:
-    """The block-wise projector (or the dense reference when `dense`)."""
-    return DenseProjector(n_params, config) if dense else BlockProjector(n_params, config)
+def make_projector(n_params: int, config: ProjectionConfig, device: torch.device | str = "cpu") -> Projector:
+    """The projector for gradients on `device`: on CUDA the device-generated TritonProjector when Triton is installed
+    and dim % 32 == 0 (config.kernel "auto" or "triton"), else the BlockProjector (blocks made on the CPU, cached)."""
+    if config.kernel not in ("auto", "blocks", "triton"):
+        raise ProjectionError(f"kernel must be 'auto', 'blocks' or 'triton', got {config.kernel!r}")
+    if config.kernel == "blocks":
+        return BlockProjector(n_params, config)
+    from gtp_pipeline.core import projection_triton  # imports triton: only where a GPU path is wanted
+
+    on_gpu = torch.device(device).type == "cuda" or projection_triton.interpreting()
+    usable = projection_triton.triton_available() and config.dim % 32 == 0
+    if config.kernel == "triton":
+        if not (on_gpu and usable):
+            raise ProjectionError(
+                f"kernel 'triton' needs CUDA (or TRITON_INTERPRET=1), the triton package and dim % 32 == 0; "
+                f"device={device}, triton installed={projection_triton.triton_available()}, dim={config.dim}"
+            )
+        return projection_triton.TritonProjector(n_params, config)
+    if on_gpu and usable and torch.device(device).type == "cuda":
+        return projection_triton.TritonProjector(n_params, config)
+    if torch.device(device).type == "cuda":
+        logger.warning("projection on %s with blocks made on the CPU (slow at scale): %s", device,
+                       "dim % 32 != 0" if projection_triton.triton_available() else "triton is not installed")  # fmt: skip
+    return BlockProjector(n_params, config)
