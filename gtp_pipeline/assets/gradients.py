@@ -15,6 +15,7 @@ from gtp_pipeline.assets.locations import (
 )
 from gtp_pipeline.assets.metadata import md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import N_SHARDS, checkpoint_shard, model_checkpoint
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
@@ -53,6 +54,7 @@ def lora_config(
     kinds={"torch", "safetensors"},
     code_version=GRADIENTS_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
 )
 def warmup_checkpoints(
@@ -134,6 +136,7 @@ def feature_config(profile: ProfileResource, kind: str):
         max_len=g.max_len,
         batch_size=g.feature_batch_size,
         chunk_rows=g.chunk_rows,
+        buffer_rows=g.buffer_rows,
         precision=g.feature_precision,
     )
 
@@ -144,6 +147,7 @@ def feature_config(profile: ProfileResource, kind: str):
     kinds={"torch", "zarr"},
     code_version=GRADIENTS_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
     deps=["warmup_checkpoints"],
     automation_condition=ON_INPUT_DATA_CHANGE,
@@ -275,6 +279,7 @@ def _featurize_partitions(
     kinds={"torch", "zarr"},
     code_version=GRADIENTS_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
     deps=[
         "warmup_checkpoints",
@@ -311,6 +316,7 @@ def gradient_trajectories(
     kinds={"torch", "zarr"},
     code_version=GRADIENTS_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
     deps=["warmup_checkpoints"],
 )

@@ -15,7 +15,6 @@ twice. `precision="bf16"` evaluates a bf16 copy of the frozen weights (as traini
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from gtp_pipeline.core.per_example_grads import autocast, prepare_model, response_losses
+from gtp_pipeline.core.per_example_grads import autocast, prepare_model, response_losses, weight_sharing_copy
 from gtp_pipeline.core.text import Encoded, collate, encode_example, length_buckets, pad_id
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ def evaluate(
 ) -> EvalResult:
     """Loss on every example's reference response; accuracy on the multiple-choice ones."""
     if config.precision == "bf16":
-        model = prepare_model(copy.deepcopy(model), "bf16")  # a copy: the caller's model stays fp32
+        model = prepare_model(weight_sharing_copy(model), "bf16")  # the caller's model stays as it was
     model.eval()
     option_pairs, owners = [], []
     for i, e in enumerate(examples):

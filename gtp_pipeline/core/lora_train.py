@@ -24,7 +24,6 @@ run. A checkpoint folder written for other data, config or model is refused (Che
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from gtp_pipeline.core.per_example_grads import (
     response_losses,
     set_attention,
     tune_cpu_allocator,
+    weight_sharing_copy,
 )
 from gtp_pipeline.core.text import Encoded, Excluded, collate, encode_example, pad_id
 
@@ -160,21 +160,21 @@ def lr_weights(checkpoints: Sequence[CheckpointInfo]) -> list[float]:
 
 
 def make_lora_model(base_model: torch.nn.Module, config: LoraTrainConfig) -> PeftModel:
-    """A fresh LoRA model on a *copy* of base_model (the base is left untouched), init seeded by config.seed."""
+    """A fresh LoRA model over base_model's weights (shared, never modified), init seeded by config.seed."""
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
         torch.manual_seed(config.seed)
-        return get_peft_model(copy.deepcopy(base_model), config.lora_config())
+        return get_peft_model(weight_sharing_copy(base_model), config.lora_config())
 
 
 def load_lora_model(base_model: torch.nn.Module, checkpoint: str | Path | CheckpointInfo) -> PeftModel:
-    """The checkpoint's adapter on a copy of base_model, LoRA parameters trainable (for gradients)."""
+    """The checkpoint's adapter over base_model's weights (shared, never modified), LoRA parameters trainable."""
     path = Path(checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint)
     if not (path / "adapter_model.safetensors").is_file():
         raise CheckpointError(f"{path} has no adapter_model.safetensors")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
-        return PeftModel.from_pretrained(copy.deepcopy(base_model), str(path), is_trainable=True)
+        return PeftModel.from_pretrained(weight_sharing_copy(base_model), str(path), is_trainable=True)
 
 
 def load_moments(checkpoint: str | Path | CheckpointInfo, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

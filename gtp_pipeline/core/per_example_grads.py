@@ -13,7 +13,9 @@ Implementations (TRAK's AbstractGradientComputer split, trak/gradient_computers.
   - `BatchedGrads`: one forward and one backward for the whole batch. LoRA's A and B are plain `nn.Linear`s,
     and a linear layer's per-example weight gradient is sum_t g_t a_t^T (g: gradient at its output, a: its
     input; Goodfellow 2015, Opacus' per-sample hooks). Forward hooks keep each LoRA input; a tensor hook on
-    each LoRA output receives g during the backward and writes bmm(g^T, a) straight into a (B, P) buffer.
+    each LoRA output receives g during the backward and writes bmm(g^T, a) (`outer_sums`), or a transform of
+    it such as the Adam direction, straight into rows of a caller's buffer (`grads_into`: the bf16 projection
+    buffer of core/featurize.py), so no (B, P) fp32 copy exists.
     Chosen over torch.func vmap(grad): same FLOPs for the model, but one ordinary batched graph (fused
     kernels, any attention implementation) and no per-example weight copies.
 
@@ -21,8 +23,8 @@ Work the features do not need is skipped: logits (the 49k-wide lm_head) are comp
 positions (`response_losses`); frozen base weights get no gradient; layers below the lowest LoRA layer record
 no graph at all (nothing there requires grad); the batch is right-padded so no attention mask is built.
 With `precision="bf16"` (`prepare_model`) frozen linear weights are cast to bf16 once and the forward and
-backward run under CPU/CUDA autocast, while the residual stream, the LoRA weights, the loss and the gradient
-buffer stay fp32: ~3x faster than fp32 on an AVX512-BF16 CPU; the features stay within cosine 0.99 of fp32
+backward run under CPU/CUDA autocast, while an fp32 model's residual stream, the loss and the per-example
+products stay fp32: ~3x faster than fp32 on an AVX512-BF16 CPU; the features stay within cosine 0.99 of fp32
 (tests on the tiny model; bench/gradients.py measures ~0.999 on SmolLM2). On CPU, eager attention
 (`set_attention`) and a tuned allocator (`tune_cpu_allocator`) each save another ~10%.
 """
@@ -30,10 +32,11 @@ buffer stay fp32: ~3x faster than fp32 on an AVX512-BF16 CPU; the features stay 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,11 +136,23 @@ def set_attention(model: torch.nn.Module, attention: str, device: torch.device |
     causal_lm(model).set_attn_implementation(attention)
 
 
-def prepare_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
-    """Cast frozen linear weights to bf16 in place (for precision="bf16"); LoRA, norms and embeddings stay fp32.
+def weight_sharing_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree that holds no weight memory of its own: every parameter of the copy is a new
+    Parameter over the same storage, every buffer the same tensor. peft can inject LoRA into it, `requires_grad`,
+    dtype casts and device moves change only the copy's Parameter objects, and the caller's model stays as it was
+    (nothing writes into frozen weights). A 7B base is therefore never held twice."""
+    memo: dict[int, Any] = {id(b): b for b in model.buffers()}
+    for p in model.parameters():
+        memo.setdefault(id(p), torch.nn.Parameter(p.data, requires_grad=p.requires_grad))  # tied weights stay tied
+    return copy.deepcopy(model, memo)
 
-    Autocast would otherwise re-cast every base weight on every forward. The input embedding stays fp32 so the
-    residual stream stays fp32; a tied lm_head gets its own bf16 copy (the model must be one you own).
+
+def prepare_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    """Cast frozen linear weights to bf16 in place (for precision="bf16"); LoRA, norms and embeddings stay as they are.
+
+    Autocast would otherwise re-cast every base weight on every forward. The input embedding keeps its dtype so an
+    fp32 model's residual stream stays fp32; a tied lm_head gets its own bf16 copy. The model must be one you own
+    (e.g. a `weight_sharing_copy`: then a cast allocates bf16 weights only where they are not bf16 already).
     """
     if precision == "fp32":
         return model
@@ -198,6 +213,30 @@ def adam_direction(
         out.copy_(direction)
         return out
     return direction
+
+
+def outer_sums(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Per-example sum_t g_t a_t^T of a linear layer's output gradients g (B, T, out) and inputs a (B, T, in): its
+    weight gradient per example, (B, out, in) fp32.
+
+    On a GPU under bf16 autocast (g is bf16) the layer multiplied bf16-rounded inputs, so the product runs on the
+    tensor cores with bf16 operands and an fp32 result (`out_dtype`): exact products summed in fp32, as the fp32
+    product would, at a fraction of its cost. Elsewhere it is computed in fp32."""
+    if g.is_cuda and g.dtype == torch.bfloat16 and _BF16_OUT_FP32[0]:
+        try:
+            if g.shape[-1] <= a.shape[-1]:
+                return torch.bmm(g.transpose(1, 2), a.to(g.dtype), out_dtype=torch.float32)
+            return torch.bmm(a.to(g.dtype).transpose(1, 2), g, out_dtype=torch.float32).transpose(1, 2)
+        except (TypeError, RuntimeError) as err:  # torch without bmm(out_dtype=): fp32 from now on
+            logger.warning("bf16 x bf16 -> fp32 bmm unavailable (%s); per-example products in fp32", err)
+            _BF16_OUT_FP32[0] = False
+    if g.shape[-1] <= a.shape[-1]:  # lora_A (out = r): sum_t g_t a_t^T
+        return torch.bmm(g.float().transpose(1, 2), a.float())  # (B, out, in)
+    # lora_B (in = r): the same product with the small side first is ~5x faster on CPU
+    return torch.bmm(a.float().transpose(1, 2), g.float()).transpose(1, 2)  # (B, out, in)
+
+
+_BF16_OUT_FP32 = [True]  # set to False once if this torch has no bmm(..., out_dtype=)
 
 
 class GradComputer(ABC):
@@ -261,7 +300,7 @@ class BatchedGrads(GradComputer):
             raise UnsupportedModelError(f"trainable parameters outside LoRA linear layers: {sorted(offsets)[:5]}")
 
     @contextlib.contextmanager
-    def _hooks(self, buffer: torch.Tensor, a_outputs: list[torch.Tensor]) -> Iterator[None]:
+    def _hooks(self, write: Callable[[torch.Tensor, slice], None], a_outputs: list[torch.Tensor]) -> Iterator[None]:
         def make_hook(sl: slice, shape: tuple[int, ...], is_a: bool):
             def forward_hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 if not output.requires_grad:
@@ -269,12 +308,7 @@ class BatchedGrads(GradComputer):
                 a = inputs[0].detach()  # (B, T, in)
 
                 def grad_hook(g: torch.Tensor) -> None:  # g: (B, T, out)
-                    B, _, n_out = g.shape
-                    if n_out <= a.shape[-1]:  # lora_A (out = r): sum_t g_t a_t^T
-                        per_example = torch.bmm(g.float().transpose(1, 2), a.float())  # (B, out, in)
-                    else:  # lora_B (in = r): the same product with the small side first is ~5x faster on CPU
-                        per_example = torch.bmm(a.float().transpose(1, 2), g.float()).transpose(1, 2)  # (B, out, in)
-                    buffer[:, sl].view(B, *shape).copy_(per_example)
+                    write(outer_sums(g, a).reshape(g.shape[0], -1), sl)  # (B, out * in), in the layout's order
 
                 output.register_hook(grad_hook)
                 if is_a:
@@ -290,12 +324,32 @@ class BatchedGrads(GradComputer):
                 h.remove()
 
     def grads(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        buffer = torch.zeros(input_ids.shape[0], self.layout.n_params, device=self.device)  # (B, P)
+        self.grads_into(buffer, input_ids, labels, lengths)
+        return buffer
+
+    def grads_into(
+        self,
+        out: torch.Tensor,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        lengths: torch.Tensor,
+        transform: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Write the batch's gradients (or `transform(g, slice)` of each parameter's (B, n) fp32 slice) into the rows
+        `out` (B, P), any float dtype, e.g. rows of a bf16 projection buffer: no (B, P) fp32 copy is ever made.
+        Returns (B,) bool: the example's gradient is finite (rows that are not hold garbage; the caller zeroes them)."""
         input_ids, labels = input_ids.to(self.device), labels.to(self.device)
         T = int(lengths.max())
         input_ids, labels = input_ids[:, :T], labels[:, :T]
-        buffer = torch.zeros(input_ids.shape[0], self.layout.n_params, device=self.device)  # (B, P)
+        finite = torch.ones(input_ids.shape[0], dtype=torch.bool, device=self.device)  # (B,)
+
+        def write(g: torch.Tensor, sl: slice) -> None:  # g: (B, n) fp32
+            finite.logical_and_(torch.isfinite(g).all(dim=1))
+            out[:, sl].copy_(g if transform is None else transform(g, sl))
+
         a_outputs: list[torch.Tensor] = []  # every lora_A output (B, T, r)
-        with self._hooks(buffer, a_outputs):
+        with self._hooks(write, a_outputs):
             with autocast(self.precision, self.device):
                 losses = response_losses(self.model, input_ids, labels)  # (B,)
             # Examples do not interact (causal attention, right padding), so d(sum of losses)/d(LoRA output) at
@@ -303,4 +357,4 @@ class BatchedGrads(GradComputer):
             # Asking for the gradients of the lora_A outputs (not of the weights) drives the same backward
             # through every LoRA layer but skips the summed weight gradients, which nobody needs.
             torch.autograd.grad(losses.sum(), a_outputs)
-        return buffer
+        return finite

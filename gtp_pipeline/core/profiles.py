@@ -59,6 +59,7 @@ class GradientSettings:
     feature_precision: str = "bf16"  # bf16 features stay within cosine 0.99 of fp32 (bench/gradients.py)
     feature_batch_size: int = 16
     chunk_rows: int = 1024  # rows per resumable store chunk
+    buffer_rows: int = 0  # gradient rows projected per call; 0: one chunk on a CPU, sized from memory on a GPU
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,101 @@ def test_cuda_features_match_cpu(tmp_path, tiny, ckpts):
     a, _ = read_all(tmp_path / "cpu")
     b, _ = read_all(tmp_path / "gpu")
     assert ((a * b).sum(1) > 0.999).all()
+
+
+def test_resume_in_the_middle_of_a_buffer_fill_writes_identical_bytes(tmp_path, tiny, ckpts):
+    """A fill of 10 rows holds chunks 0 and 1; a kill after chunk 0 is written leaves chunk 1 to a later fill, where
+    it shares the buffer with chunk 2 instead of chunk 0: its rows must still get the same bytes."""
+    cfg = replace(CFG, buffer_rows=10)
+    run(tiny, ckpts[-1], tmp_path / "whole", cfg=cfg)
+
+    def stop_after_first_chunk(done, total):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(tiny, ckpts[-1], tmp_path / "part", cfg=cfg, progress=stop_after_first_chunk)
+    assert FeatureStore.open(tmp_path / "part").missing_chunks() == [1, 2]
+    report = run(tiny, ckpts[-1], tmp_path / "part", cfg=cfg)
+    assert report.buffer_rows == 10 and (report.chunks_written, report.chunks_skipped) == (2, 1)
+    assert files(tmp_path / "part") == files(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("buffer_rows", [2, 4, 13])
+def test_buffer_size_changes_speed_not_features(tmp_path, tiny, ckpts, buffer_rows):
+    """Pieces of 2 rows (a chunk over three fills), or all three chunks in one fill: the same features up to the
+    fp32 rounding of differently shaped batches."""
+    run(tiny, ckpts[-1], tmp_path / "default")
+    report = run(tiny, ckpts[-1], tmp_path / "other", cfg=replace(CFG, buffer_rows=buffer_rows))
+    assert report.buffer_rows == buffer_rows and report.n_valid == 13
+    a, _ = read_all(tmp_path / "default")
+    b, _ = read_all(tmp_path / "other")
+    np.testing.assert_allclose(a, b, atol=2e-3)  # fp16 rows of unit vectors: a last-bit flip is ~5e-4
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_device_generated_projection_gives_todays_features(tiny, ckpts, dtype):
+    """The Triton path (here in its CPU interpreter) against the CPU-generated blocks, same model and rows: equal
+    within fp32 rounding in fp32; in bf16 the block path rounds each block's product to bf16 (the device path sums
+    in fp32), so there the rows agree to that rounding."""
+    from gtp_pipeline.core.featurize import FeatureComputer
+    from gtp_pipeline.core.projection_triton import TritonProjector
+    from gtp_pipeline.core.text import encode_example
+
+    pytest.importorskip("triton")
+    cfg = replace(CFG, projection=replace(CFG.projection, dtype=dtype), buffer_rows=13)
+    encoded = [encode_example(tiny.tokenizer, p, r, cfg.max_len, cfg.min_prompt_tokens) for _, p, r in EXAMPLES]
+    blocks = FeatureComputer(
+        tiny.model, tiny.tokenizer, ckpts[-1], replace(cfg, projection=replace(cfg.projection, kernel="blocks"))
+    )
+    device = FeatureComputer(
+        tiny.model, tiny.tokenizer, ckpts[-1], replace(cfg, projection=replace(cfg.projection, kernel="triton"))
+    )
+    assert isinstance(device.projector, TritonProjector)
+    a, reasons_a = blocks.compute(encoded)
+    b, reasons_b = device.compute(encoded)
+    assert reasons_a == reasons_b == [None] * 13
+    if dtype == "fp32":
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    else:
+        assert ((a * b).sum(1) > 0.99999).all()
+
+
+def test_memory_is_bounded_by_the_buffer_not_the_chunk(tmp_path, tiny, ckpts):
+    """A LoRA of P = 2.1M parameters and chunks of 256 rows: one (chunk, P) bf16 buffer would take 1.07 GB, which
+    this process may not allocate (RLIMIT_AS: its size after start-up + 640 MiB); a buffer of 8 rows (34 MB) fits."""
+    script = """
+import resource, sys, torch
+from dataclasses import replace
+torch.set_num_threads(1)
+from gtp_pipeline.core.featurize import FeatureConfig, featurize
+from gtp_pipeline.core.lora_train import LoraTrainConfig
+from gtp_pipeline.core.models import tiny_model
+from gtp_pipeline.core.projection import ProjectionConfig
+tiny = tiny_model()
+examples = [(f"ex{i}", f"Question {i}?", f"Answer {i}.") for i in range(20)]
+lora = LoraTrainConfig(lora_r=2048, lora_alpha=16, max_len=48)
+cfg = FeatureConfig(kind="sgd", projection=ProjectionConfig(dim=32, kernel="blocks"), max_len=48, batch_size=4,
+                    chunk_rows=256, buffer_rows=int(sys.argv[2]), lora=lora)
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (640 << 20), resource.RLIM_INFINITY))
+try:
+    report = featurize(tiny.model, tiny.tokenizer, examples, sys.argv[1], None, cfg, model_id=tiny.model_id)
+except (MemoryError, RuntimeError) as err:
+    print("OUT OF MEMORY", type(err).__name__)
+    sys.exit(3)
+print("rows", report.n_valid, "buffer", report.buffer_rows)
+"""
+
+    def attempt(buffer_rows: int, where: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / where), str(buffer_rows)],
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    small = attempt(8, "small")
+    assert small.returncode == 0 and "rows 20 buffer 8" in small.stdout, small.stderr[-2000:]
+    whole_chunk = attempt(256, "whole")  # what computing a whole chunk at once would need: refused
+    assert whole_chunk.returncode == 3 and "OUT OF MEMORY" in whole_chunk.stdout, whole_chunk.stderr[-2000:]
