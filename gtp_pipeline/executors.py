@@ -8,10 +8,20 @@ GTP_EXECUTOR (read where the definitions load: the code server and each run proc
   Run config picks the cluster:
       execution: {config: {scheduler_address: "tcp://10.0.0.5:8786"}}   # an existing cluster
       execution: {config: {scheduler_address: "", local_workers: 2}}   # a LocalCluster for this run
+      execution: {config: {scheduler_address: "", local_gpu_devices: "all", local_workers: 0}}
+  The third starts one worker per GPU of this machine, each pinned to its device ("all": every visible GPU;
+  "0,2": those), plus `local_workers` plain workers (gtp_pipeline/gpu_workers.py). On several nodes, the same
+  pinned workers come from `python -m gtp_pipeline.gpu_workers <scheduler>` on each node and the first form.
   `dask_run_config(address)` builds the first form. When run config leaves the address out, it defaults to
   GTP_DASK_SCHEDULER as read where the definitions load, else a LocalCluster. Dask workers re-import the job
   to run a step: they must see the same GTP_* environment as the code location (same image), but they never
   need the scheduler address (a missing value is "", never an import-time KeyError).
+
+GPU steps (op tag `dagster-dask/resource_requirements` = {"GPU": 1}, see gpu_workers.GPU_STEP_TAGS) go only to
+workers that advertise GPU and run one at a time per such worker. `step_resources: "auto"` (the default) drops a
+requirement that no worker of the cluster has when the run starts, so on a cluster of plain workers (CPU machines,
+tests) GPU steps run anywhere, as before; `step_resources: "required"` keeps it, for a cluster whose GPU workers
+join later (the steps wait for them).
 
 Constraints of every non-in-process executor: a persistent instance (deploy/dagster.yaml), a reconstructable job
 (`dagster.reconstructable` / a job in a loaded code location), and step inputs through an IO manager the workers
@@ -31,6 +41,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+
+from gtp_pipeline.gpu_workers import STEP_RESOURCES, parse_devices, usable_requirements, visible_devices
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +80,7 @@ def executor_named(name: str, default_scheduler: str = "") -> dg.ExecutorDefinit
 
 
 def dask_executor(default_scheduler: str = "", default_local_workers: int = 2) -> dg.ExecutorDefinition:
-    """The "dask" executor: dagster-dask's DaskExecutor (fixed, see GtpDaskExecutor) behind a two-key run config."""
+    """The "dask" executor: dagster-dask's DaskExecutor (fixed, see GtpDaskExecutor) behind a small run config."""
 
     @dg.executor(
         name="dask",
@@ -80,21 +92,36 @@ def dask_executor(default_scheduler: str = "", default_local_workers: int = 2) -
                 description='Dask scheduler to send steps to, e.g. "tcp://10.0.0.5:8786"; "" starts a LocalCluster.',
             ),
             "local_workers": dg.Field(
-                int, default_value=default_local_workers, description="Worker processes of that LocalCluster."
+                int, default_value=default_local_workers, description="Plain worker processes of that LocalCluster."
+            ),
+            "local_gpu_devices": dg.Field(
+                str,
+                default_value="",
+                description='Also one pinned worker per GPU in that cluster: "all" (every visible GPU), "0,2", or "".',
+            ),
+            "step_resources": dg.Field(
+                dg.Enum("StepResources", [dg.EnumValue(mode) for mode in STEP_RESOURCES]),
+                default_value="auto",
+                description='"auto": drop a step\'s Dask resource requirement (GPU) that no worker has; "required": keep it.',
             ),
         },
     )
     def gtp_dask_executor(init_context) -> dg.Executor:
         config = init_context.executor_config
+        mode = config["step_resources"]
         if config["scheduler_address"]:
-            return GtpDaskExecutor("existing", {"address": config["scheduler_address"]})
+            return GtpDaskExecutor("existing", {"address": config["scheduler_address"]}, mode)
+        if config["local_gpu_devices"]:
+            spec = config["local_gpu_devices"].strip()
+            devices = visible_devices() if spec == "all" else parse_devices(spec)
+            return GtpDaskExecutor("local_gpu", {"devices": devices, "cpu_workers": config["local_workers"]}, mode)
         local = {
             "n_workers": config["local_workers"],
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": None,
         }
-        return GtpDaskExecutor("local", local)
+        return GtpDaskExecutor("local", local, mode)
 
     return gtp_dask_executor
 
@@ -118,7 +145,7 @@ def _gtp_dask_executor_class() -> type:
     from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements
 
     class _GtpDaskExecutor(DaskExecutor):
-        """dagster-dask 0.29.27's DaskExecutor with two fixes, same cluster types and worker function.
+        """dagster-dask 0.29.27's DaskExecutor with two fixes and one more cluster type, same worker function.
 
         1. The Dask key of a step is `job.step.run_id`, not `job.step`: with the upstream key, concurrent runs of
            one job (a backfill of gradient_shards partitions) share one Dask task, so only one shard is computed
@@ -126,7 +153,13 @@ def _gtp_dask_executor_class() -> type:
         2. Dagster objects travel wrapped (`_Opaque`): dask >= 2025 parses task arguments and iterates tuples,
            which raises "Iteration is not allowed on `@record` RunOpConcurrency" for any run that uses pools
            (gradient assets are in pool "gpu").
+        Cluster type "local_gpu" is a LocalCluster of pinned GPU workers (gpu_workers.local_gpu_cluster), and a
+        step's resource requirements pass through `usable_requirements` (`step_resources` in the module docstring).
         """
+
+        def __init__(self, cluster_type: str, cluster_configuration: dict[str, Any], step_resources: str = "auto"):
+            super().__init__(cluster_type, cluster_configuration)
+            self.step_resources = step_resources
 
         def execute(self, plan_context, execution_plan):
             import dask.distributed
@@ -142,10 +175,21 @@ def _gtp_dask_executor_class() -> type:
                 from dask.distributed import LocalCluster
 
                 cluster = LocalCluster(**self.build_dict(plan_context.job_name))
+            elif self.cluster_type == "local_gpu":
+                from gtp_pipeline.gpu_workers import local_gpu_cluster
+
+                config = self.cluster_configuration
+                cluster = local_gpu_cluster(config["devices"], cpu_workers=config["cpu_workers"])
             else:
-                raise ValueError(f"cluster type {self.cluster_type!r}: this executor offers 'existing' and 'local'")
+                raise ValueError(
+                    f"cluster type {self.cluster_type!r}: this executor offers existing, local, local_gpu"
+                )
             run = plan_context.dagster_run
             with dask.distributed.Client(cluster) as client:
+                if self.cluster_type != "existing":  # a cluster we started: count all its workers' resources below
+                    client.wait_for_workers(len(cluster.worker_spec), timeout=300)
+                workers = client.scheduler_info(n_workers=-1)["workers"].values()
+                advertised = {name for w in workers for name in w.get("resources", {})}
                 futures, by_step = [], {}
                 for level in execution_plan.get_steps_to_execute_by_level():
                     for step in level:
@@ -160,27 +204,36 @@ def _gtp_dask_executor_class() -> type:
                                 execution_plan.known_state,
                             )
                         )
+                        requested = get_dask_resource_requirements(step.tags)
+                        resources = usable_requirements(requested, advertised, self.step_resources)
+                        if resources != requested:
+                            plan_context.log.info(
+                                f"{step.key}: no worker of the cluster has Dask resources "
+                                f"{sorted(set(requested) - set(resources))}; the step runs on any worker"
+                            )
                         future = client.submit(
                             _execute_step,
                             dependencies,
                             payload,
                             key=f"{plan_context.job_name}.{step.key}.{run.run_id}",
-                            resources=get_dask_resource_requirements(step.tags),
+                            resources=resources,
                         )
                         futures.append(future)
                         by_step[step.key] = future
                 done = dask.distributed.as_completed(futures, with_results=True)
                 for _, events in iterate_with_context(raise_execution_interrupts, done):
                     yield from events
-            if self.cluster_type == "local":
+            if self.cluster_type != "existing":
                 cluster.close()
 
     return _GtpDaskExecutor
 
 
-def GtpDaskExecutor(cluster_type: str, cluster_configuration: dict[str, Any]) -> dg.Executor:  # noqa: N802
+def GtpDaskExecutor(  # noqa: N802
+    cluster_type: str, cluster_configuration: dict[str, Any], step_resources: str = "auto"
+) -> dg.Executor:
     """A fixed DaskExecutor (class built lazily so importing this module does not import dask)."""
-    return _gtp_dask_executor_class()(cluster_type, cluster_configuration)
+    return _gtp_dask_executor_class()(cluster_type, cluster_configuration, step_resources)
 
 
 def dask_run_config(scheduler_address: str) -> dict[str, Any]:

@@ -225,6 +225,11 @@ def step_pids(instance, run_id: str) -> set[int]:
     }
 
 
+def dropped_requirements(instance, run_id: str) -> list[str]:
+    """The executor's notes that a step's Dask resource requirement was dropped (no worker of the cluster had it)."""
+    return [e.user_message for e in instance.all_logs(run_id) if "runs on any worker" in e.user_message]
+
+
 def test_dask_executor_shards_write_the_same_store_bytes_as_in_process(cluster, user_run, in_process_store, tmp_path):
     local, client = cluster
     root = artifact_root_with_corpus(user_run, tmp_path / "artifacts")
@@ -237,8 +242,47 @@ def test_dask_executor_shards_write_the_same_store_bytes_as_in_process(cluster, 
         assert all(runs[s][0] for s in SHARDS)
         for s in SHARDS:
             assert step_pids(instance, runs[s][1]) <= worker_pids  # the steps ran in the cluster's workers
+            assert len(dropped_requirements(instance, runs[s][1])) == 1  # plain workers: GPU=1 dropped, not pending
         chunks = sum(materialization_metadata(instance, runs[s][1])["chunks"] for s in SHARDS)
     assert chunks == len(shard_chunks(in_process_store, 0) + shard_chunks(in_process_store, 1))
+    ours, reference = files(store_dir(root)), files(in_process_store)
+    assert sorted(ours) == sorted(reference)
+    assert [k for k in reference if ours[k] != reference[k]] == []
+
+
+def pinned_device() -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_gradient_shards_run_on_pinned_gpu_workers_and_write_the_same_store_bytes(
+    user_run, in_process_store, tmp_path
+):
+    """The placement of `local_gpu_devices` and gpu_workers, on CPU: one worker pinned to each of "devices" 0 and 1."""
+    from distributed import Client
+
+    from gtp_pipeline.gpu_workers import local_gpu_cluster
+
+    root = artifact_root_with_corpus(user_run, tmp_path / "artifacts")
+    with (
+        local_gpu_cluster(["0", "1"], local_directory=str(tmp_path / "dask")) as gpus,
+        Client(gpus) as client,
+    ):
+        client.wait_for_workers(2, timeout=120)
+        names = {a: info["name"] for a, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+        workers = {pid: (names[a], device) for a, (pid, device) in client.run(pinned_device).items()}
+        with persistent_instance(tmp_path / "instance") as instance:
+            instance.add_dynamic_partitions("model_checkpoint", [CHECKPOINT])
+            recon_args = (str(root), str(user_run[0]), "dask")
+            runs = wait_runs(*launch_runs(recon_args, instance, dask_run_config(gpus.scheduler_address), SHARDS))
+            assert all(runs[s][0] for s in SHARDS)
+            assert [m for s in SHARDS for m in dropped_requirements(instance, runs[s][1])] == []  # GPU=1 kept
+            ran_on = {
+                s: [workers.get(pid, ("elsewhere", pid)) for pid in step_pids(instance, runs[s][1])] for s in SHARDS
+            }
+    logger.info("pinned workers: shard -> (worker, CUDA_VISIBLE_DEVICES) %s", ran_on)
+    for s in SHARDS:  # each shard step ran on one GPU worker, which sees only its own device
+        assert len(ran_on[s]) == 1 and ran_on[s][0][0] in ("gpu-0", "gpu-1"), ran_on
+        assert ran_on[s][0][1] == ran_on[s][0][0].removeprefix("gpu-")
     ours, reference = files(store_dir(root)), files(in_process_store)
     assert sorted(ours) == sorted(reference)
     assert [k for k in reference if ours[k] != reference[k]] == []

@@ -5,6 +5,7 @@ import dagster as dg
 from gtp_pipeline.assets.locations import target_version
 from gtp_pipeline.assets.metadata import md_image, md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
 from gtp_pipeline.resources.profile import ProfileResource
@@ -34,6 +35,7 @@ def _latest_finetunes(instance) -> list[dict]:
     code_version=EVALUATION_CODE_VERSION,
     deps=ALL_FINETUNES,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     automation_condition=ON_INPUT_DATA_CHANGE,
 )
 def evaluation(

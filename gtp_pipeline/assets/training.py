@@ -8,6 +8,7 @@ from gtp_pipeline.assets.gradients import TRANSIENT, lora_config
 from gtp_pipeline.assets.locations import combined_hash, corpus_version, selection_version
 from gtp_pipeline.assets.metadata import md_image
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import finetune_partitions
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
@@ -54,6 +55,7 @@ def training_set(run: str, raw_corpus, selections: dict, clusterclip_plan, epoch
     kinds={"torch", "safetensors"},
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
     automation_condition=ON_INPUT_DATA_CHANGE,
 )
