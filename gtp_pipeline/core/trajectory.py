@@ -16,7 +16,11 @@ Implementations of `Trajectories` (all a pursuit ever sees):
   arithmetic is ~40x slower than fp32 BLAS, and torch's fp16 mv rounds its output to fp16) and multiplied per
   checkpoint block; row norms are applied to the scores, not to the data (computed on the first pass, cached as
   T x N floats). Private memory: a conversion block, the scores of one chunk and the m rows a scan returns; the
-  mapped chunks are the OS page cache, two per checkpoint at a time, whatever N is.
+  mapped chunks are the OS page cache, two per checkpoint at a time, whatever N is. With `device="cuda"` each chunk
+  is copied through a pinned buffer to the GPU and converted and multiplied there, a whole chunk at a time (the
+  same scores within fp32 rounding; device memory: one chunk). The GPU's work is then negligible and the pass is
+  bound by the host's copies: 1.3x one CPU thread at LESS's size (docs/BENCHMARKS.md). `device="cpu"` runs that
+  code on the CPU, which is how tests check it; it is slower than the default (whole-chunk fp32 copies).
 - `ShardedTrajectories`: P spawned worker processes, each a StoreTrajectories over its own chunk range of the same
   stores (opened from paths), each returning its local top-m (index, score, row); the coordinator merges. A row's
   score is computed by the same code on the same chunk as in one process, so the merged top-m, and any pursuit run
@@ -268,7 +272,10 @@ def map_chunk(store: FeatureStore, chunk: int, populate: bool = True, known_done
     The same file FeatureStore.read_chunk reads (uncompressed, padded to chunk_rows). Mapping it instead of reading
     it saves the copy out of the page cache; MAP_POPULATE maps every page in one call instead of a page fault per 64
     KiB, which made a pass 1.4x faster (`populate=False` for reading a few rows); the mapping is released with the
-    array, so nothing accumulates. Falls back to read_chunk when the file is not the raw array this expects.
+    array, so nothing accumulates. A file not in the page cache is first asked for whole (POSIX_FADV_WILLNEED): the
+    populate alone reads it in small synchronous read-arounds, and a cold pass over a 17.7 GB store took 28-29 s
+    that way against 21-23.5 s with the hint (docs/BENCHMARKS.md). Falls back to read_chunk when the file is not
+    the raw array this expects.
     `known_done`: the caller has checked the store is complete (a view does, once), so skip the marker check.
     """
     if not known_done and not store.is_chunk_done(chunk):
@@ -281,6 +288,8 @@ def map_chunk(store: FeatureStore, chunk: int, populate: bool = True, known_done
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     try:
         with open(path, "rb") as fh:
+            if populate and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)  # see the docstring
             buf = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     except (OSError, ValueError):
         return store.read_chunk(chunk)
@@ -379,6 +388,7 @@ class StoreTrajectories(Trajectories):
         block_rows: int = 512,  # rows converted fp16 -> fp32 at a time: 512 x 1024 x 4 B = 2 MiB stays in cache
         prefetch: bool = True,  # open chunk c+1 on a helper thread while chunk c is multiplied
         mapped: bool = True,  # map chunk files (no copy) instead of FeatureStore.read_chunk (np.fromfile)
+        device: str | torch.device | None = None,  # None: the CPU pass below; else convert + multiply there
     ):  # mapping needs files on this machine: stores on an fsspec location are read chunk by chunk
         check_compatible(stores, "candidate")
         self.stores, self.w = list(stores), normalize_lr_weights(lr_weights)
@@ -401,6 +411,11 @@ class StoreTrajectories(Trajectories):
         self._inv = np.zeros((self.n_checkpoints, self.n_rows), dtype=np.float32)  # (T, N) 1/|row|, filled lazily
         self._normed = np.zeros(self.stores[0].n_chunks, dtype=bool)
         self._buf = torch.empty(block_rows, self.d)  # (block_rows, d) fp32 conversion buffer
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was asked for, but torch sees no CUDA device; use device=None")
+        self._stage: torch.Tensor | None = None  # (T, chunk_rows, d) fp16 pinned staging buffer, on first use
+        self._staged: torch.cuda.Event | None = None  # recorded after the last copy out of the staging buffer
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path], lr_weights: Sequence[float], **kw) -> StoreTrajectories:
@@ -436,6 +451,8 @@ class StoreTrajectories(Trajectories):
         self, c: int, start: int, stop: int, blocks: list[np.ndarray], RT: torch.Tensor | None, sums: np.ndarray | None
     ) -> np.ndarray | None:
         """Scores (rows, J) of one chunk against RT (T, J, d) and/or add its unit rows into sums (D,)."""
+        if self.device is not None:
+            return self._chunk_on_device(c, start, stop, blocks, RT, sums)
         rows, first = stop - start, not self._normed[c]
         valid = self._valid[start:stop] if first else None
         out = np.zeros((rows, RT.shape[1]), dtype=np.float32) if RT is not None else None  # (rows, J)
@@ -461,10 +478,50 @@ class StoreTrajectories(Trajectories):
         self._normed[c] = True
         return out
 
+    def _chunk_on_device(
+        self, c: int, start: int, stop: int, blocks: list[np.ndarray], RT: torch.Tensor | None, sums: np.ndarray | None
+    ) -> np.ndarray | None:
+        """`_chunk` on self.device: the whole chunk is converted at once (device memory: one chunk, not the pool)."""
+        rows, first = stop - start, not self._normed[c]
+        xs = self._to_device(blocks)  # T x (rows, d) fp16 on the device
+        out = torch.zeros((rows, RT.shape[1]), device=self.device) if RT is not None else None  # (rows, J)
+        for t, x16 in enumerate(xs):
+            x = x16.float()  # (rows, d) fp32
+            if first:
+                norms = torch.linalg.vector_norm(x, dim=1).cpu().numpy()
+                where = f"store {self.stores[t].path}"
+                self._inv[t, start:stop] = _inverse_norms(norms, self._valid[start:stop], where, start)
+            inv_t = torch.from_numpy(self._inv[t, start:stop]).to(self.device)  # (rows,)
+            if out is not None:
+                out.addcmul_(_matvecs(x, RT[t]), inv_t[:, None])  # row norms on the scores, as on the CPU path
+            if sums is not None:
+                sums[t * self.d : (t + 1) * self.d] += self._scale[t] * torch.mv(x.T, inv_t).double().cpu().numpy()
+        self._normed[c] = True
+        return None if out is None else out.cpu().numpy()
+
+    def _to_device(self, blocks: list[np.ndarray]) -> list[torch.Tensor]:
+        """The chunk's fp16 blocks on self.device; to a GPU through one reused pinned buffer."""
+        if self.device.type != "cuda":
+            return [_tensor(x) for x in blocks]  # the mapped pages themselves
+        if self._stage is None:
+            shape = (self.n_checkpoints, self.stores[0].meta.chunk_rows, self.d)
+            self._stage = torch.empty(shape, dtype=torch.float16, pin_memory=True)
+        if self._staged is not None:
+            self._staged.synchronize()  # the previous chunk's copies have left the buffer
+        out = []
+        for t, x in enumerate(blocks):
+            buf = self._stage[t, : x.shape[0]]
+            buf.copy_(_tensor(x))  # one memcpy out of the page cache; from pageable memory the driver would stage
+            out.append(buf.to(self.device, non_blocking=True))  # DMA, overlapping the next checkpoint's memcpy
+        self._staged = torch.cuda.Event()
+        self._staged.record()
+        return out
+
     def _prepare(self, R: np.ndarray) -> torch.Tensor:
         R = _columns(R, self.dim)  # (D, J)
         RT = R.T.reshape(R.shape[1], self.n_checkpoints, self.d).transpose(1, 0, 2)  # (T, J, d)
-        return torch.from_numpy(np.ascontiguousarray(RT * self._scale[:, None, None]))
+        RT = torch.from_numpy(np.ascontiguousarray(RT * self._scale[:, None, None]))
+        return RT if self.device is None else RT.to(self.device)
 
     def correlate(self, R: np.ndarray) -> np.ndarray:
         RT = self._prepare(R)

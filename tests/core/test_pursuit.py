@@ -223,6 +223,21 @@ def test_sharded_over_two_processes_equals_single_process(tmp_path):
     assert got.passes == want.passes
 
 
+@pytest.mark.parametrize(
+    "device, atol", [("cpu", 1e-6), pytest.param("cuda", 1e-5, marks=pytest.mark.cuda)]
+)
+def test_device_pass_gives_the_same_selection(tmp_path, device, atol):
+    blocks = clustered(n=500, seed=9)
+    stores = write_stores(tmp_path, blocks, chunk_rows=64)
+    default, on_device = StoreTrajectories(stores, LR), StoreTrajectories(stores, LR, device=device)
+    b = target_of(default, [5, 50])
+    cfg = PursuitConfig(budget=30, atoms_per_round=12)
+    got, want = gtp(on_device, b, cfg), gtp(default, b, cfg)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.weights, want.weights, atol=atol)
+    assert got.passes == want.passes
+
+
 def test_invalid_rows_are_never_selected(tmp_path):
     blocks = clustered(n=300, seed=9)
     dense = DenseTrajectories.from_blocks(blocks, LR)

@@ -106,6 +106,47 @@ def test_mapped_chunk_reads_the_same_values_as_read_chunk(tmp_path):
         np.testing.assert_array_equal(map_chunk(st, c), st.read_chunk(c))
 
 
+def assert_same_passes(got, want, R):
+    """Every kind of pass over `got` gives `want`'s results within fp32 rounding, and scans pick the same rows."""
+    np.testing.assert_allclose(got.correlate(R), want.correlate(R), rtol=1e-5, atol=1e-6)
+    for r in (R[:, 0], R):
+        g, w = got.scan(r, top=11, exclude=np.array([7])), want.scan(r, top=11, exclude=np.array([7]))
+        np.testing.assert_array_equal(g.top, w.top)
+        np.testing.assert_allclose(g.scores, w.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.rows, w.rows, atol=1e-6)
+    np.testing.assert_allclose(got.mean(), want.mean(), atol=1e-6)
+    np.testing.assert_allclose(got.gather(np.array([69, 0, 17])), want.gather(np.array([69, 0, 17])), atol=1e-6)
+    np.testing.assert_allclose(got.to_dense().A, want.to_dense().A, atol=1e-6)
+
+
+@pytest.mark.parametrize("columns", [1, 3, 12])  # one mv, a few mv (_matvecs), a GEMM
+def test_device_pass_on_cpu_equals_the_default_pass(tmp_path, columns):
+    blocks, valid = random_blocks(n=70), np.ones(70, dtype=bool)
+    valid[[3, 40]] = False
+    stores = write_stores(tmp_path, blocks, valid, chunk_rows=16)  # 5 chunks, the last ragged
+    R = np.random.default_rng(4).standard_normal((72, columns))
+    # the device path (whole chunks, the code a GPU runs) against the cache-blocked CPU pass; both compute norms fresh
+    assert_same_passes(StoreTrajectories(stores, LR, device="cpu"), StoreTrajectories(stores, LR, block_rows=5), R)
+
+
+def test_device_pass_finds_bad_rows_like_the_default_pass(tmp_path):
+    stores = write_stores(tmp_path, random_blocks(n=20), chunk_rows=8)
+    raw = np.memmap(stores[1].path / "features" / "c" / "1" / "0", dtype="<f2", mode="r+", shape=(8, 24))
+    raw[2, 5] = np.inf  # row 8 + 2 = 10 of checkpoint 1
+    raw.flush()
+    with pytest.raises(BadFeaturesError, match="row 10 .*non-finite"):
+        StoreTrajectories(stores, LR, device="cpu").correlate(np.ones(72))
+
+
+@pytest.mark.cuda
+def test_cuda_pass_equals_cpu_pass(tmp_path):
+    blocks, valid = random_blocks(n=70), np.ones(70, dtype=bool)
+    valid[[3, 40]] = False
+    stores = write_stores(tmp_path, blocks, valid, chunk_rows=16)
+    R = np.random.default_rng(4).standard_normal((72, 3))
+    assert_same_passes(StoreTrajectories(stores, LR, device="cuda"), StoreTrajectories(stores, LR), R)
+
+
 def test_nonfinite_or_zero_valid_rows_raise_naming_the_row(tmp_path):
     blocks = random_blocks(n=20)
     stores = write_stores(tmp_path, blocks, chunk_rows=8)
