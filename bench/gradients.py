@@ -43,14 +43,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gradient_shapes import SHAPES, run_shape  # noqa: E402
+from less_loop import LessLoop  # noqa: E402
 
 from gtp_pipeline.core import models  # noqa: E402
 from gtp_pipeline.core.featurize import FeatureComputer, FeatureConfig  # noqa: E402
-from gtp_pipeline.core.lora_train import LoraTrainConfig, load_lora_model, load_moments, train_lora  # noqa: E402
+from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora  # noqa: E402
 from gtp_pipeline.core.packaged import bbc_news  # noqa: E402
-from gtp_pipeline.core.per_example_grads import LoopGrads, adam_direction, prepare_model  # noqa: E402
 from gtp_pipeline.core.projection import DenseProjector, ProjectionConfig  # noqa: E402
-from gtp_pipeline.core.text import Encoded, collate, encode_example, pad_id  # noqa: E402
+from gtp_pipeline.core.text import Encoded, encode_example, pad_id  # noqa: E402
 
 # --- defaults (full mode); --quick overrides below ---
 MODEL = "demo"  # demo: SmolLM2-135M-Instruct (cached GGUF conversion); tiny: random tiny Llama
@@ -63,7 +64,6 @@ LORA_ALPHA = 32.0
 PROJ_DIM = 1024  # the demo projection dimension
 PRECISION = "bf16"  # ours; the loop runs in fp32 (--loop-precision bf16: LESS get_info.py's default dtype)
 WARMUP_STEPS = 2  # real AdamW steps (batch 4) before the checkpoint whose moments the features use
-PROJECT_INTERVAL = 16  # LESS projects its loop's gradients 16 at a time
 REPS = 2  # timed repetitions, interleaved ours/loop; the best of each counts
 SEED = 0
 QUICK = dict(N_OURS=8, N_LOOP=2, BATCH_SIZE=8, WARMUP_STEPS=1, REPS=2)
@@ -106,31 +106,6 @@ def real_examples(tokenizer, n: int, seq_len: int) -> list[tuple[str, str, str, 
     return out
 
 
-class LessLoop:
-    """LESS-style: one example at a time, fp32, full logits; projection every PROJECT_INTERVAL examples."""
-
-    def __init__(self, model, checkpoint, proj_cfg: ProjectionConfig, n_params: int, pad: int, device, precision):
-        self.lora = prepare_model(load_lora_model(model, checkpoint), precision).to(device).eval()
-        self.grads = LoopGrads(self.lora, precision=precision, less_style=True)
-        self.m, self.v = (t.to(device) for t in load_moments(checkpoint, self.lora))
-        self.projector = DenseProjector(n_params, proj_cfg)
-        self.projector.matrix(device)  # materialized once, before timing (LESS builds its projector once)
-        self.pad = pad
-
-    def features(self, encoded: list[Encoded]) -> np.ndarray:
-        out, pending = [], []
-        for e in encoded:
-            b = collate([e], self.pad)
-            g = self.grads.grads(b["input_ids"], b["labels"], b["lengths"])  # (1, P)
-            pending.append(adam_direction(g, self.m, self.v))
-            if len(pending) == PROJECT_INTERVAL:
-                out.append(self.projector.project(torch.cat(pending)))  # (16, d)
-                pending = []
-        if pending:
-            out.append(self.projector.project(torch.cat(pending)))
-        return torch.nn.functional.normalize(torch.cat(out), dim=1).cpu().numpy()  # (n, d)
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -156,14 +131,26 @@ def main() -> None:
     parser.add_argument(
         "--loop-precision", default="fp32", choices=["fp32", "bf16"], help="bf16: LESS get_info.py's default dtype"
     )
-    parser.add_argument("--proj-dim", type=int, default=PROJ_DIM)
-    parser.add_argument("--lora-r", type=int, default=LORA_R)
+    parser.add_argument("--proj-dim", type=int, default=None, help=f"default {PROJ_DIM}; with --shape 8192")
+    parser.add_argument("--lora-r", type=int, default=None, help=f"default {LORA_R}; with --shape 128")
     parser.add_argument("--top-layers", type=int, default=None, help="LoRA on the top N layers only (default: all)")
     parser.add_argument("--n-ours", type=int, default=None)
     parser.add_argument("--n-loop", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="a real architecture, random weights")
+    parser.add_argument("--seq-len", type=int, default=None, help="with --shape: tokens per example (512)")
+    parser.add_argument("--buffer-rows", type=int, default=None, help="with --shape: projection buffer rows")
+    parser.add_argument("--kernel", default="", help="with --shape: bm,bn,bk,warps,stages of the projection, or best")
+    parser.add_argument("--kernel-sweep", action="store_true", help="with --shape: time the projection's tiles")
+    parser.add_argument("--grad-sweep", action="store_true", help="with --shape: gradients alone at batch 2..32")
+    parser.add_argument("--profile", action="store_true", help="with --shape: torch.profiler over one batch")
     args = parser.parse_args()
+    if args.shape:
+        print(json.dumps(run_shape(args)))
+        return
+    args.proj_dim = args.proj_dim or PROJ_DIM
+    args.lora_r = args.lora_r or LORA_R
     cfg = dict(N_OURS=N_OURS, N_LOOP=N_LOOP, BATCH_SIZE=BATCH_SIZE, WARMUP_STEPS=WARMUP_STEPS, REPS=REPS)
     if args.quick:
         cfg.update(QUICK)
@@ -222,8 +209,8 @@ def main() -> None:
         )
         ours = FeatureComputer(model, tokenizer, ckpt, feat_cfg, device)
         n_lora = ours.n_params
-        loop_proj = replace(proj_cfg, dtype="fp32")
-        loop = LessLoop(model, ckpt, loop_proj, n_lora, pad_id(tokenizer), device, args.loop_precision)
+        loop_proj = DenseProjector(n_lora, replace(proj_cfg, dtype="fp32"))
+        loop = LessLoop(model, ckpt, loop_proj, pad_id(tokenizer), device, args.loop_precision)
 
         # Burn-in: one untimed pass of ours over the same rows (first-call costs, the heap growing to its peak,
         # the projection-block cache: what the first chunk of a real run pays once), one example of the loop.
