@@ -223,9 +223,7 @@ def test_sharded_over_two_processes_equals_single_process(tmp_path):
     assert got.passes == want.passes
 
 
-@pytest.mark.parametrize(
-    "device, atol", [("cpu", 1e-6), pytest.param("cuda", 1e-5, marks=pytest.mark.cuda)]
-)
+@pytest.mark.parametrize("device, atol", [("cpu", 1e-6), pytest.param("cuda", 1e-5, marks=pytest.mark.cuda)])
 def test_device_pass_gives_the_same_selection(tmp_path, device, atol):
     blocks = clustered(n=500, seed=9)
     stores = write_stores(tmp_path, blocks, chunk_rows=64)
