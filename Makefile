@@ -22,7 +22,7 @@ $(SETUP_STAMP): pyproject.toml requirements-data.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
 	touch $@
 
-# BIG-bench task files (idempotent: a manifest says what is already there).
+# BIG-bench task files shipped in gtp_pipeline/data/bigbench, checked and decompressed into .data (idempotent).
 data: $(SETUP_STAMP)
 	$(BIN)/python -m gtp_pipeline.core.fetch
 
