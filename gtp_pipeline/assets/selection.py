@@ -26,6 +26,11 @@ class SelectionConfig(dg.Config):
     accept_ratio: float = 0.5  # GTP gamma (core/pursuit.py): lower = fewer passes, slightly higher residual
     swap_rounds: int = 1  # GTP refinement passes after the support is full
     seed: int = 0  # random_selection only
+    gtp_targets: str = (
+        "mean"  # GTP matches: "mean" target, each subtask's ("per_subtask") or dev example's ("per_example")
+    )
+    gtp_center: bool = False  # GTP on trajectories centered on the pool's mean (core/centered.py)
+    gtp_fill: str = "target"  # rank GTP's fill by the "target" (LESS score, near-duplicates skipped) or "residual"
     dask_scheduler: str = ""  # "tcp://host:8786": run the streaming passes as Dask tasks there (same selection)
 
 
@@ -61,6 +66,9 @@ def _trajectories(
     order = {eid: i for i, eid in enumerate(dev["example_id"])}
     subtasks = np.asarray([dev["subtask"][order[eid]] for eid in target_stores[0].example_ids()])
     target = build_target(target_stores, lr, subtasks, candidates=view)
+    valid = np.logical_and.reduce([st.valid_mask() for st in target_stores])
+    own = np.where(valid, np.arange(valid.size), np.argmax(valid))  # invalid rows share a label and are never read
+    per_example = build_target(target_stores, lr, own)
     ids = np.asarray(view.stores[0].example_ids())
     if dask_scheduler:
         from gtp_pipeline.core.dask_trajectories import DaskTrajectories
@@ -74,7 +82,7 @@ def _trajectories(
         "lr_weights": ", ".join(f"{w / sum(lr):.4f}" for w in lr),
         "gradient_data_versions": md_table(_latest_versions(context.instance, keys)),
     }
-    return view, target, ids, provenance
+    return view, (target, per_example), ids, provenance
 
 
 def _latest_versions(instance, keys: list[str]) -> list[dict]:
@@ -101,37 +109,47 @@ def _select(
     config: SelectionConfig,
 ):
     """Run one method at every budget; a table of (budget, example_id, weight, rank) plus metadata."""
-    view, target, ids, provenance = _trajectories(
+    view, targets, ids, provenance = _trajectories(
         context, raw_corpus, target_examples, profile, store, config.dask_scheduler
     )
     try:
-        return _select_all(context, method, view, target, ids, provenance, raw_corpus, profile, config)
+        return _select_all(context, method, view, targets, ids, provenance, raw_corpus, profile, config)
     finally:
         if hasattr(view, "close"):
             view.close()  # a Dask view drops its workers' cached stores and its client
 
 
-def _select_all(context, method, view, target, ids, provenance, raw_corpus, profile, config):
+def _select_all(context, method, view, targets, ids, provenance, raw_corpus, profile, config):
     import numpy as np
     import polars as pl
 
+    from gtp_pipeline.core.gtp_variants import GTPVariant, describe_fill, select_gtp
     from gtp_pipeline.core.plots import lines_png
     from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.pursuit import PursuitConfig, gtp
+    from gtp_pipeline.core.pursuit import PursuitConfig
     from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
     from gtp_pipeline.core.selection_stats import duplicate_stats
+    from gtp_pipeline.core.trajectory import TargetTrajectory
 
+    target, per_example = targets
     b = view.mean() if config.target == "in_domain" else target.vector
+    variant = GTPVariant(targets=config.gtp_targets, center=config.gtp_center)
     corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
-    frames, summary, curves = [], [], {}
+    frames, summary, curves, fill_notes = [], [], {}, []
     for budget in config.budgets or list(profile.settings().budgets.budgets):
         k = budget_count(budget, int(view.valid_mask().sum()))
         pconfig = PursuitConfig(
-            budget=k, accept_ratio=config.accept_ratio, swap_rounds=config.swap_rounds, seed=config.seed
+            budget=k,
+            accept_ratio=config.accept_ratio,
+            swap_rounds=config.swap_rounds,
+            seed=config.seed,
+            fill=config.gtp_fill,
         )
         start = time.perf_counter()
-        if method == "gtp":
-            chosen = gtp(view, b, pconfig)
+        if method == "gtp" and config.target == "in_domain":
+            chosen = select_gtp(view, TargetTrajectory(b[None, :], np.zeros(1), np.ones(1)), pconfig)
+        elif method == "gtp":
+            chosen = select_gtp(view, target, pconfig, variant, per_example)
         elif method == "topk":
             chosen = less_topk(view, b if config.target == "in_domain" else target, pconfig)
         else:
@@ -171,6 +189,7 @@ def _select_all(context, method, view, target, ids, provenance, raw_corpus, prof
                 "relative_residual": round(residual / float(np.linalg.norm(b)), 4),
                 "passes": chosen.passes,
                 "rounds": chosen.rounds,
+                "fitted": k - chosen.fill,
                 "fill": chosen.fill,
                 "stop": chosen.stop_reason,
                 "exact_duplicates": dups["exact"],
@@ -181,6 +200,8 @@ def _select_all(context, method, view, target, ids, provenance, raw_corpus, prof
         context.log.info(
             f"{method} @ {label}: k={k}, relative NNLS residual {summary[-1]['relative_residual']}, {seconds:.2f}s"
         )
+        if method == "gtp":
+            fill_notes.append(f"- {label}: {describe_fill(chosen)}")
     table = pl.concat(frames)
     composition = (
         table.join(raw_corpus.select("example_id", "source", "task"), on="example_id")
@@ -194,6 +215,11 @@ def _select_all(context, method, view, target, ids, provenance, raw_corpus, prof
         "method": method,
         "target": config.target,
         "per_budget": md_table(summary),
+        **(
+            {"gtp_variant": variant.name, "fitted_and_fill": dg.MetadataValue.md("\n".join(fill_notes))}
+            if fill_notes
+            else {}
+        ),
         "composition_by_source": md_table(composition.to_dicts()),
         **(
             {

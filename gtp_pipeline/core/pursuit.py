@@ -40,6 +40,13 @@ exact increase of ||r||^2 for least squares, Couvreur & Bresler 2000; CoSaMP pru
 then NNLS is re-fit. A round is kept only if the residual went down (best iterate: the reported residual never
 increases). One swap round of k/10: 1.034x -> 1.015x OMP's residual for one more pass (k/4: 1.006x).
 Memory: k + m_s support rows, the pool (m rows) and its Gram columns; the store itself is only ever streamed.
+
+Saturation and fill. When the target lies far outside the cone of the pool's trajectories, the non-negative fit stops
+improving after a few atoms whatever k is: at the NNLS optimum no unchosen atom has a positive correlation with the
+residual. The rest of the budget is then "fill" (weight 0). Ranking it by correlation with that residual, as OMP
+would, is close to arbitrary (every score is <= 0), so by default the fill is ranked by correlation with the target
+itself (LESS's score), and a fill atom whose cosine with anything already chosen is >= `fill_max_cosine` is skipped:
+the selection stays free of near-duplicates as a whole, not only in its fitted part (`fill_rows`).
 """
 
 from __future__ import annotations
@@ -73,6 +80,14 @@ class PursuitConfig:
     tol: float = 1e-4  # stop when ||r|| / ||b|| <= tol: GradMatch's default (algorithms.md §2.3)
     max_omp_iterations: int = 0  # cap on OMP baselines' passes; 0 = 2 k (NNLS drops can need more than k)
     seed: int = 0  # random fill of gradmatch_omp and random_k; nothing in GTP is random
+    fill: str = "target"  # fill ranked by correlation with the target (LESS's score) or the final "residual"
+    fill_max_cosine: float = (
+        0.95  # a fill atom this aligned with a chosen one is a near-duplicate: skipped (>= 1: off)
+    )
+
+    def __post_init__(self):
+        if self.fill not in ("target", "residual"):
+            raise ValueError(f"fill must be 'target' or 'residual', got {self.fill!r}")
 
 
 @dataclass(frozen=True)
@@ -200,6 +215,41 @@ def _prune(sup: CholeskySupport, k: int) -> None:
         sup.remove(np.argsort(cost, kind="stable")[: sup.s - k])
 
 
+def fill_rows(
+    view: Trajectories, R: np.ndarray, chosen: np.ndarray, n: int, max_cosine: float = 0.95
+) -> tuple[np.ndarray, int]:
+    """n more rows, best correlated with R first, none with cosine >= max_cosine to a chosen row or an earlier fill.
+
+    A joint selection de-duplicates all of itself: the fitted support cannot hold near-duplicates (one of them has
+    zero correlation with the residual), and this keeps the fill from bringing them back. Trajectories have unit
+    norm, so a dot product is the cosine. If the pool runs out of rows that are not near-duplicates, the best of
+    the rest complete the budget; the second value counts them.
+    """
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64), 0
+    if max_cosine >= 1:
+        return view.scan(R, top=n, exclude=chosen, with_rows=False).top, 0
+    kept = np.empty((chosen.size + n, view.dim), dtype=np.float32)  # rows a fill candidate must not repeat
+    kept[: chosen.size] = view.gather(chosen) if chosen.size else kept[:0]
+    s, picked, skipped, top = chosen.size, [], [], 2 * n + 16
+    while len(picked) < n:
+        scan = view.scan(R, top=top, exclude=np.concatenate([chosen, picked, skipped]).astype(np.int64))
+        for i, row in zip(scan.top, scan.rows, strict=True):
+            if s and float((kept[:s] @ row).max()) >= max_cosine:
+                skipped.append(int(i))
+                continue
+            kept[s], s = row, s + 1
+            picked.append(int(i))
+            if len(picked) == n:
+                break
+        if scan.top.size < top:  # every remaining row was seen: near-duplicates complete the budget
+            rest = np.asarray(skipped[: n - len(picked)], dtype=np.int64)
+            return np.concatenate([np.asarray(picked, dtype=np.int64), rest]), rest.size
+        top *= 2
+    return np.asarray(picked, dtype=np.int64), 0
+
+
 def _finish(
     method: str,
     view: Trajectories,
@@ -212,14 +262,25 @@ def _finish(
     t0: float,
     stop: str,
     info: dict,
+    config: PursuitConfig,
 ) -> Selection:
-    """Fill an under-full support with the atoms best correlated with the final residual, weight 0."""
+    """Fill an under-full support (weight 0) with the atoms config.fill ranks first, skipping near-duplicates."""
     idx, w = sup.indices, sup.weights
     fill = k - idx.size
     if fill > 0:
-        scan = view.scan(sup.residual(b), top=fill, exclude=idx, with_rows=False)
-        idx, w = np.concatenate([idx, scan.top]), np.concatenate([w, np.zeros(scan.top.size)])
-        logger.info("%s: support ended at %d < k=%d (%s); filled %d atoms with weight 0", method, sup.s, k, stop, fill)
+        ranking = b if config.fill == "target" else sup.residual(b)
+        extra, dup = fill_rows(view, ranking, idx, fill, config.fill_max_cosine)
+        idx, w = np.concatenate([idx, extra]), np.concatenate([w, np.zeros(extra.size)])
+        info = {**info, "fill_near_duplicates": dup, "fill_ranked_by": config.fill}
+        logger.info(
+            "%s: support ended at %d < k=%d (%s); filled %d atoms with weight 0 by correlation with the %s",
+            method,
+            sup.s,
+            k,
+            stop,
+            fill,
+            config.fill,
+        )
     seconds = time.perf_counter() - t0
     return Selection(
         method,
@@ -289,7 +350,7 @@ def gtp(view: Trajectories, target: np.ndarray, config: PursuitConfig = PursuitC
             residuals.append(before)
             swaps = config.swap_rounds  # no gain: further swaps from the same state would propose the same atoms
     info = dict(accepted_per_round=accepted, swaps=swaps)
-    return _finish("gtp", view, sup, b, k, residuals, rounds, passes0, t0, stop, info)
+    return _finish("gtp", view, sup, b, k, residuals, rounds, passes0, t0, stop, info, config)
 
 
 def cholesky_omp(view: Trajectories, target: np.ndarray, config: PursuitConfig = PursuitConfig()) -> Selection:
@@ -321,7 +382,7 @@ def cholesky_omp(view: Trajectories, target: np.ndarray, config: PursuitConfig =
         if residuals[-1] <= config.tol * bnorm:
             stop = "tolerance"
             break
-    return _finish("cholesky_omp", view, sup, b, k, residuals, it, passes0, t0, stop, {})
+    return _finish("cholesky_omp", view, sup, b, k, residuals, it, passes0, t0, stop, {}, config)
 
 
 def gradmatch_omp(

@@ -195,6 +195,63 @@ def test_gtp_ends_within_5_percent_of_omp_in_far_fewer_passes():
     assert evaluate_selection(view, fast.indices, b)[1] == pytest.approx(fast.residual, rel=1e-4)
 
 
+def near_duplicate_pool(n=1500, d=64, pairs=150, seed=11):
+    """Unit rows, the first `pairs` of them each with a near-copy at n + i (cosine about 0.99)."""
+    g = np.random.default_rng(seed)
+    A = unit(g.standard_normal((n, d)) + 0.8)  # a shared direction, as LESS-style features have
+    twins = unit(A[:pairs] + 0.02 * g.standard_normal((pairs, d)))
+    return np.vstack([A, twins])
+
+
+def brute_force_fill(A, score, chosen, n, max_cosine):
+    """The fill by definition: rows by descending score, skipping any within max_cosine of a kept row."""
+    kept, out = list(chosen), []
+    for i in np.argsort(-score, kind="stable"):
+        if i in chosen:
+            continue
+        if kept and (A[kept] @ A[i]).max() >= max_cosine:
+            continue
+        kept.append(i)
+        out.append(i)
+        if len(out) == n:
+            break
+    return out
+
+
+def test_fill_is_ranked_by_the_target_and_holds_no_near_duplicates():
+    A = near_duplicate_pool()
+    view = DenseTrajectories(A)
+    b = A[[3, 40]].astype(np.float64).sum(axis=0) + A[:150].astype(np.float64).mean(axis=0)  # the twins rank high
+    sel = gtp(view, b, PursuitConfig(budget=300))
+    fitted = sel.indices[: sel.indices.size - sel.fill]
+    assert 0 < sel.fill < 300 and sel.stop_reason in ("no_progress", "tolerance")
+    want = brute_force_fill(A, A @ b, fitted.tolist(), sel.fill, 0.95)
+    assert sel.indices[fitted.size :].tolist() == want
+    cos = A[sel.indices] @ A[sel.indices].T
+    assert (cos[np.triu_indices(300, 1)] < 0.95).all() and sel.info["fill_near_duplicates"] == 0
+    plain = gtp(view, b, PursuitConfig(budget=300, fill_max_cosine=1.0))
+    cos_plain = A[plain.indices] @ A[plain.indices].T
+    assert (cos_plain[np.triu_indices(300, 1)] >= 0.95).sum() >= 10  # what the de-duplicating fill prevents
+
+
+def test_fill_completes_the_budget_with_near_duplicates_only_when_nothing_else_is_left():
+    A = near_duplicate_pool(n=40, pairs=40)  # every row has a twin: 40 distinct directions, 80 rows
+    b = A[:40].astype(np.float64).mean(axis=0)
+    sel = gtp(DenseTrajectories(A), b, PursuitConfig(budget=60))
+    assert sel.indices.size == 60 and np.unique(sel.indices).size == 60
+    fitted, filled = (
+        sel.indices[: 60 - sel.fill] % 40,
+        sel.indices[60 - sel.fill :] % 40,
+    )  # row i and i+40: one direction
+    assert set(fitted) | set(filled) == set(range(40))  # every direction is taken before any twin
+    assert sel.info["fill_near_duplicates"] == sel.fill - (40 - len(set(fitted))) > 0
+
+
+def test_unknown_fill_is_refused():
+    with pytest.raises(ValueError, match="fill must be"):
+        PursuitConfig(fill="random")
+
+
 # --- streaming, sharding, invalid rows -----------------------------------------------------------------------------
 def test_streaming_store_selection_equals_in_memory(tmp_path):
     blocks = clustered(n=500, seed=7)
