@@ -11,8 +11,45 @@ from gtp_pipeline.resources.models import ModelSource
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
-EVALUATION_CODE_VERSION = "1"
+EVALUATION_CODE_VERSION = "2"  # 2: per-example results (evaluation/per_example.parquet) and the report's verdict
+CACHE_FORMAT = "v2"  # v2 caches hold per-example scores; older caches lack them, so they are recomputed
+PER_EXAMPLE_FILE = "per_example.parquet"
 ALL_FINETUNES = [dg.AssetDep("finetuned_model", partition_mapping=dg.AllPartitionMapping())]
+
+
+def eval_inputs(target_examples, settings):
+    """The target's test examples as EvalExamples, and the scoring settings every evaluation of them uses."""
+    from gtp_pipeline.core.evaluate import EvalConfig, EvalExample
+
+    test = target_examples.filter(target_examples["split"] == "test")
+    if test.height == 0:
+        raise ValueError("the target has no test examples (n_test=0): nothing to evaluate on")
+    examples = [
+        EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
+        for r in test.iter_rows(named=True)
+    ]
+    config = EvalConfig(
+        max_len=settings.gradients.max_len,
+        batch_size=settings.budgets.eval_batch_size,
+        precision=settings.gradients.train_precision,  # evaluate in the precision the models were trained in
+    )
+    return examples, config
+
+
+def _per_example_rows(run: dict, method: str, budget: str, result: dict) -> list[dict]:
+    """One row per test example of one model: what the report's paired comparisons resample."""
+    return [
+        {
+            "run": run["run"],
+            "method": method,
+            "budget": budget,
+            "seed": run["seed"],
+            "example_id": e["example_id"],
+            "loss": e["loss"],
+            "correct": e["correct"],
+        }
+        for e in result["per_example"]
+    ]
 
 
 def _latest_finetunes(instance) -> list[dict]:
@@ -51,33 +88,22 @@ def evaluation(
 
     import polars as pl
 
-    from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.evaluate import EvalConfig, EvalExample, evaluate
+    from gtp_pipeline.core.atomic import write_bytes, write_parquet
+    from gtp_pipeline.core.evaluate import evaluate
     from gtp_pipeline.core.lora_train import load_lora_model
 
     settings = profile.settings()
     device = compute.configure_torch()
-    test = target_examples.filter(target_examples["split"] == "test")
-    if test.height == 0:
-        raise ValueError("the target has no test examples (n_test=0): nothing to evaluate on")
-    examples = [
-        EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
-        for r in test.iter_rows(named=True)
-    ]
-    eval_config = EvalConfig(
-        max_len=settings.gradients.max_len,
-        batch_size=settings.budgets.eval_batch_size,
-        precision=settings.gradients.train_precision,  # evaluate in the precision the models were trained in
-    )
+    examples, eval_config = eval_inputs(target_examples, settings)
     loaded = model.load()
     test_key = target_version(target_examples)
     runs = [
         {"run": "base", "seed": -1, "checkpoint_id": f"base-{loaded.model_id}", "adapter": None}
     ] + _latest_finetunes(context.instance)
-    rows = []
+    rows, per_example = [], []
     for run in runs:
         cache = store.path_for(
-            "evaluation", "cache", f"{run['checkpoint_id']}-{test_key}-{eval_config.precision}.json"
+            "evaluation", "cache", f"{run['checkpoint_id']}-{test_key}-{eval_config.precision}-{CACHE_FORMAT}.json"
         )
         if cache.exists():  # evaluated by an earlier run: results are a function of (adapter, test set)
             result = json.loads(cache.read_text())
@@ -96,6 +122,10 @@ def evaluation(
                 "n_loss": scored.n_loss,
                 "n_choice": scored.n_choice,
                 "excluded": len(scored.excluded),
+                "per_example": [
+                    {"example_id": e["example_id"], "loss": e["loss"], "correct": e["correct"]}
+                    for e in scored.per_example
+                ],
             }
             write_bytes(json.dumps(result).encode(), cache)
             del net
@@ -120,6 +150,7 @@ def evaluation(
                 "checkpoint_id": run["checkpoint_id"],
             }
         )
+        per_example.extend(_per_example_rows(run, method, budget, result))
         context.log.info(f"{run['run']} seed {run['seed']}: loss {result['loss']:.4f}, accuracy {result['accuracy']}")
     table = pl.DataFrame(
         rows,
@@ -130,15 +161,46 @@ def evaluation(
             "train_seconds": pl.Float64,
         },
     )
+    per_example_path = write_parquet(
+        pl.DataFrame(
+            per_example,
+            schema={
+                "run": pl.String,
+                "method": pl.String,
+                "budget": pl.String,
+                "seed": pl.Int64,
+                "example_id": pl.String,
+                "loss": pl.Float64,
+                "correct": pl.Boolean,
+            },
+        ),
+        store.path_for("evaluation", PER_EXAMPLE_FILE),
+    )
     return dg.Output(
         table,
         metadata={
-            "test_examples": test.height,
+            "per_example": dg.MetadataValue.path(str(per_example_path)),
+            "per_example_rows": len(per_example),
+            "test_examples": len(examples),
             "target": settings.target.name,
             "models": len(rows),
             "results": md_table([{k: r[k] for k in ("run", "seed", "loss", "accuracy")} for r in rows]),
         },
     )
+
+
+def _read_per_example(store: ArtifactStore, evaluation):
+    """The per-example scores the evaluation wrote beside its table, restricted to the models in that table.
+
+    None when the evaluation was materialized before per-example results were kept. Rows of models not in the
+    table are dropped, so the verdict is never about models the summary does not show.
+    """
+    from gtp_pipeline.core.atomic import read_parquet
+
+    path = store.path_for("evaluation", PER_EXAMPLE_FILE)
+    if not path.exists():
+        return None
+    return read_parquet(path).join(evaluation.select("run", "seed").unique(), on=["run", "seed"], how="semi")
 
 
 @dg.asset(
@@ -157,15 +219,19 @@ def selection_report(
     raw_corpus,
     store: ArtifactStore,
 ) -> dg.MaterializeResult:
-    """Which data wins: method x budget -> target loss and accuracy (mean, spread over seeds), plus plots and overlap."""
+    """Which data wins: method x budget -> loss and accuracy (mean, spread over seeds), paired verdicts, plots."""
     from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.report import build_report
+    from gtp_pipeline.core.report import build_report, verdict_table
 
+    per_example = _read_per_example(store, evaluation)
+    if per_example is None:
+        context.log.warning("no per-example evaluation results: the report has no verdict (re-run evaluation)")
     report = build_report(
         evaluation,
         {"gtp": gtp_selection, "topk": topk_selection, "random": random_selection},
         clusterclip_plan,
         raw_corpus,
+        per_example=per_example,
     )
     write_bytes(report.markdown.encode(), store.path_for("selection_report", "report.md"))
     for name, png in report.plots.items():
@@ -174,6 +240,7 @@ def selection_report(
         metadata={
             "table": dg.MetadataValue.md(report.table_markdown),
             "runs": len(report.rows),
+            **({"verdict": dg.MetadataValue.md(verdict_table(report.verdicts))} if report.verdicts else {}),
             "report": dg.MetadataValue.path(str(store.path_for("selection_report", "report.md"))),
             **{name: md_image(png, name) for name, png in report.plots.items()},
         }

@@ -102,3 +102,26 @@ def heatmap_png(matrix: Sequence[Sequence[float]], labels: Sequence[str], title:
     fig.colorbar(image, ax=ax)
     ax.set_title(title)
     return _png(plt, fig)
+
+
+def forest_png(
+    labels: Sequence[str],
+    estimates: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    title: str = "",
+    xlabel: str = "",
+) -> bytes:
+    """One row per comparison: the estimate with its interval, and a line at 0 (no difference) to read it against."""
+    plt, (fig, ax) = _figure(6.5, max(2.4, 0.35 * len(labels) + 1.0))
+    rows = list(range(len(labels)))
+    estimates = list(estimates)
+    below = [e - lo for e, lo in zip(estimates, lows, strict=True)]
+    above = [hi - e for e, hi in zip(estimates, highs, strict=True)]
+    ax.errorbar(estimates, rows, xerr=[below, above], fmt="o", color="#3b6ea5", ecolor="#3b6ea5", capsize=3)
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(rows, list(labels))
+    ax.invert_yaxis()  # first label on top, as in a table
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return _png(plt, fig)

@@ -3,7 +3,9 @@
 Inputs are plain tables (the evaluation, the selections, the ClusterClip plan, the corpus); output is a
 markdown report with one summary table (mean and standard deviation over fine-tune seeds) and PNG plots:
 score vs budget per method, composition of each selection by source, overlap between methods, and
-exact duplicates chosen.
+exact duplicates chosen. Given per-example scores, it adds a verdict: paired bootstrap intervals of each
+method against the reference, the share of the base-to-full gap each selection closes, a forest plot, and
+a recommendation that claims no more than the intervals support (core/verdict.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.corpus import prompt_key
-from gtp_pipeline.core.plots import bar_png, heatmap_png, lines_png, stacked_bar_png
+from gtp_pipeline.core.plots import bar_png, forest_png, heatmap_png, lines_png, stacked_bar_png
+from gtp_pipeline.core.verdict import METRICS, compare_methods, gap_closed_table, recommend
 
 METHOD_ORDER = ("base", "full", "gtp", "topk", "random", "clusterclip")
+VERDICT_REFERENCE = "topk"  # the baseline every method is compared with (LESS's independent top-k)
+NO_PER_EXAMPLE = (
+    "_The verdict (paired bootstrap intervals per comparison) needs per-example results: re-run `evaluation`._"
+)
 
 
 @dataclass
@@ -26,6 +33,8 @@ class Report:
     table_markdown: str
     markdown: str
     plots: dict[str, bytes] = field(default_factory=dict)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # compare_methods rows, every metric
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # gap_closed_table rows, every metric
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -88,8 +97,91 @@ def example_sets(selections: dict, plan) -> dict[tuple[str, str], set[str]]:
     return sets
 
 
-def build_report(evaluation, selections: dict, plan, corpus) -> Report:
-    """The summary table, the markdown report and its plots from polars tables (see the module docstring)."""
+def _interval(estimate: float, low: float, high: float, digits: int = 3) -> str:
+    if math.isnan(estimate):
+        return "-"
+    return f"{estimate:+.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f})"
+
+
+def verdict_table(verdicts: list[dict[str, Any]]) -> str:
+    """Markdown: one row per comparison, its difference with the 95% interval and the verdict."""
+    lines = [
+        "| budget | method | vs | metric | difference (95% CI) | seeds x examples | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in verdicts:
+        lines.append(
+            f"| {r['budget']} | {r['method']} | {r['reference']} | {r['metric']} | "
+            f"{_interval(r['diff'], r['low'], r['high'])} | {r['n_seeds']} x {r['n_examples']} | {r['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def gap_table(gaps: list[dict[str, Any]]) -> str:
+    """Markdown: the share of the base-to-full gap each method closes at each budget, or why it is not defined."""
+    lines = [
+        "| budget | method | metric | share of gap closed (95% CI) | seeds x examples | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in gaps:
+        lines.append(
+            f"| {g['budget']} | {g['method']} | {g['metric']} | {_interval(g['share'], g['low'], g['high'], 2)} | "
+            f"{g['n_seeds']} x {g['n_examples']} | {g['reason'] or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def _forest(verdicts: list[dict[str, Any]], metric: str) -> bytes | None:
+    rows = [r for r in verdicts if r["metric"] == metric]
+    if not rows:
+        return None
+    better = "< 0" if METRICS[metric][1] else "> 0"
+    return forest_png(
+        [f"{r['method']} vs {r['reference']} @ {r['budget']}" for r in rows],
+        [r["diff"] for r in rows],
+        [r["low"] for r in rows],
+        [r["high"] for r in rows],
+        title=f"{metric}: paired difference, 95% bootstrap CI",
+        xlabel=f"{metric} of method minus {metric} of vs ({better} favors the method)",
+    )
+
+
+def _bullets(text: str) -> str:
+    """A recommendation (headline line, then one line per comparison) as a bullet with nested bullets."""
+    headline, *details = text.splitlines()
+    return "\n".join([f"- {headline}", *(f"  - {line}" for line in details)])
+
+
+def verdict_sections(per_example) -> tuple[list[str], dict[str, bytes], list[dict], list[dict]]:
+    """Markdown blocks (Verdict, Which method for my data), forest plots, verdict rows and gap rows."""
+    metrics = [m for m, (column, _) in METRICS.items() if column in per_example.columns]
+    verdicts = [r for m in metrics for r in compare_methods(per_example, metric=m, reference=VERDICT_REFERENCE)]
+    gaps = [g for m in metrics for g in gap_closed_table(per_example, metric=m)]
+    plots = {f"verdict_{m}": png for m in metrics if (png := _forest(verdicts, m)) is not None}
+    advice = recommend(verdicts)
+    blocks = [
+        "## Verdict",
+        "Each method against "
+        f"{VERDICT_REFERENCE} (and gtp against random) on the same test examples, fine-tune seeds paired by "
+        "number: the mean per-example difference (method minus vs; lower loss and higher accuracy are better) "
+        "with a 95% percentile bootstrap interval that resamples test examples and seeds. A win or loss needs the "
+        "whole interval on one side of 0; otherwise it is a tie.",
+        verdict_table(verdicts) if verdicts else "_No two methods share a budget, a seed and scored test examples._",
+        "Share of the base-to-full gap closed, (base - method) / (base - full) (1 = as good as training on all "
+        "the data, 0 = no better than the base model), with a 95% bootstrap interval:",
+        gap_table(gaps) if gaps else "_Needs the base model and the full-data fine-tune in the evaluation._",
+        "## Which method for my data",
+        "\n".join(_bullets(text) for text in advice.values()) or "_No comparison to base a recommendation on._",
+    ]
+    return blocks, plots, verdicts, gaps
+
+
+def build_report(evaluation, selections: dict, plan, corpus, per_example=None) -> Report:
+    """The summary table, the markdown report and its plots from polars tables (see the module docstring).
+
+    `per_example` (one row per model x test example, as the evaluation asset writes it) adds the verdict;
+    without it (evaluations recorded before per-example results were kept) the report says how to get one.
+    """
     rows = summarize(evaluation)
     select_seconds = {}
     for method, table in selections.items():
@@ -172,16 +264,24 @@ def build_report(evaluation, selections: dict, plan, corpus) -> Report:
                 f"{a}/{b} {matrix[i][j]:.2f}" for i, a in enumerate(methods) for j, b in enumerate(methods) if i < j
             )
         )
+    verdicts: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
+    if per_example is None:
+        verdict_blocks = [NO_PER_EXAMPLE]
+    else:
+        verdict_blocks, verdict_plots, verdicts, gaps = verdict_sections(per_example)
+        plots.update(verdict_plots)
     markdown = "\n\n".join(
         [
             "# Selection report",
             "Target loss is the mean response-token NLL on the held-out test split (lower is better); accuracy is "
             "multiple-choice accuracy by option log-likelihood. Mean ± sample standard deviation over fine-tune seeds.",
             table_md,
+            *verdict_blocks,
             "## Overlap between selections (Jaccard)",
             "\n".join(overlap_md) or "-",
             "## Plots",
             "\n".join(f"![{name}]({name}.png)" for name in plots),
         ]
     )
-    return Report(rows, table_md, markdown, plots)
+    return Report(rows, table_md, markdown, plots, verdicts, gaps)

@@ -95,6 +95,26 @@ def test_report_lists_every_method_and_budget_that_was_materialized(tiny_pipelin
         assert (root / "selection_report" / f"{plot}.png").stat().st_size > 1000
 
 
+def test_evaluation_keeps_per_example_scores_that_add_up_to_its_table_and_the_report_gives_a_verdict(tiny_pipeline):
+    root, instance, *_ = tiny_pipeline
+    evaluation = pl.read_parquet(root / "evaluation" / "data.parquet")
+    per_example = pl.read_parquet(root / "evaluation" / "per_example.parquet")
+    assert latest_metadata(instance, "evaluation")["per_example"] == str(root / "evaluation" / "per_example.parquet")
+    assert per_example.height == evaluation.height * TINY.target.n_test
+    means = per_example.group_by("run", "seed").agg(
+        pl.col("loss").mean().alias("mean_loss"), pl.col("correct").cast(pl.Float64).mean().alias("mean_correct")
+    )
+    joined = evaluation.join(means, on=["run", "seed"], how="left")
+    for row in joined.iter_rows(named=True):  # the per-example rows are the same scores the table summarizes
+        assert abs(row["mean_loss"] - row["loss"]) < 1e-9, row["run"]
+        assert row["accuracy"] is None or abs(row["mean_correct"] - row["accuracy"]) < 1e-9, row["run"]
+    assert all(p.name.endswith("-v2.json") for p in (root / "evaluation" / "cache").iterdir())
+    report = (root / "selection_report" / "report.md").read_text()
+    assert "## Verdict" in report and "## Which method for my data" in report
+    assert "not seed-to-seed noise" in report  # the tiny profile fine-tunes one seed
+    assert (root / "selection_report" / "verdict_loss.png").stat().st_size > 1000
+
+
 def test_an_interrupted_finetune_resumes_from_its_last_checkpoint(tiny_pipeline):
     root, instance, defs, *_ = tiny_pipeline
     before = latest_metadata(instance, "finetuned_model", "full|0")

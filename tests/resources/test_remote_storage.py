@@ -227,3 +227,8 @@ def test_tiny_pipeline_on_an_s3_artifact_root(s3_options, tmp_path):
     for folder in ("warmup_checkpoints", "finetuned_model/gtp-5pct/seed0", "gradient_trajectories/warmup-e1"):
         assert any(f"/pipeline/{folder}/" in k for k in found), folder
     assert any(k.endswith("adapter_model.safetensors") and "finetuned_model" in k for k in found)
+    per_example = evaluation._read_per_example(store, table)  # what selection_report reads, through S3
+    assert (
+        set(per_example["run"]) == {"base", "gtp-5pct"}
+        and per_example.height == 2 * per_example["example_id"].n_unique()
+    )
