@@ -7,22 +7,12 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
+from gtp_pipeline.core.markdown import markdown_table
+
 
 def md_table(rows: Iterable[Mapping[str, object]], columns: list[str] | None = None) -> dg.MetadataValue:
     """A markdown table from dicts (columns default to the first row's keys)."""
-    rows = list(rows)
-    if not rows:
-        return dg.MetadataValue.md("_(none)_")
-    cols = columns or list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |")
-    return dg.MetadataValue.md("\n".join(lines))
-
-
-def _cell(value: object) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return dg.MetadataValue.md(markdown_table(rows, columns))
 
 
 def md_image(png: bytes, alt: str) -> dg.MetadataValue:

@@ -26,25 +26,21 @@ class SelectionConfig(dg.Config):
     accept_ratio: float = 0.5  # GTP gamma (core/pursuit.py): lower = fewer passes, slightly higher residual
     swap_rounds: int = 1  # GTP refinement passes after the support is full
     seed: int = 0  # random_selection only
-    gtp_targets: str = (
-        "mean"  # GTP matches: "mean" target, each subtask's ("per_subtask") or dev example's ("per_example")
-    )
+    gtp_targets: str = "mean"  # GTP matches the "mean" target, or jointly: per_subtask / per_example / per_checkpoint
     gtp_center: bool = False  # GTP on trajectories centered on the pool's mean (core/centered.py)
     gtp_fill: str = "target"  # rank GTP's fill by the "target" (LESS score, near-duplicates skipped) or "residual"
     dask_scheduler: str = ""  # "tcp://host:8786": run the streaming passes as Dask tasks there (same selection)
 
 
-def _trajectories(
-    context, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore, dask_scheduler: str = ""
-):
-    """The candidate view over every registered checkpoint (streamed here, or by Dask tasks on `dask_scheduler`),
-    the target trajectory, the candidates' example ids, and provenance metadata."""
+def open_trajectories(instance, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore):
+    """The candidates' view over every registered checkpoint, the target trajectory (subtask means), each dev
+    example's own trajectory, and the checkpoint keys and gradient-store paths they were read from."""
     import numpy as np
 
     from gtp_pipeline.core.feature_store import FeatureStore
     from gtp_pipeline.core.trajectory import StoreTrajectories, build_target
 
-    keys = context.instance.get_dynamic_partitions(model_checkpoint.name)
+    keys = instance.get_dynamic_partitions(model_checkpoint.name)
     if not keys:
         raise ValueError(
             "no model_checkpoint partitions: materialize warmup_checkpoints (or let the checkpoint sensor register yours)"
@@ -69,6 +65,19 @@ def _trajectories(
     valid = np.logical_and.reduce([st.valid_mask() for st in target_stores])
     own = np.where(valid, np.arange(valid.size), np.argmax(valid))  # invalid rows share a label and are never read
     per_example = build_target(target_stores, lr, own)
+    return view, target, per_example, keys, candidate_paths, lr
+
+
+def _trajectories(
+    context, raw_corpus, target_examples, profile: ProfileResource, store: ArtifactStore, dask_scheduler: str = ""
+):
+    """`open_trajectories`, with the view streamed here or by Dask tasks on `dask_scheduler`, the candidates'
+    example ids, and provenance metadata."""
+    import numpy as np
+
+    view, target, per_example, keys, candidate_paths, lr = open_trajectories(
+        context.instance, raw_corpus, target_examples, profile, store
+    )
     ids = np.asarray(view.stores[0].example_ids())
     if dask_scheduler:
         from gtp_pipeline.core.dask_trajectories import DaskTrajectories
@@ -76,8 +85,8 @@ def _trajectories(
         context.log.info(f"streaming passes as Dask tasks on {dask_scheduler}")
         view = DaskTrajectories(candidate_paths, lr, dask_scheduler)
     provenance = {
-        "corpus_version": corpus_ver,
-        "target_version": target_ver,
+        "corpus_version": corpus_version(raw_corpus),
+        "target_version": target_version(target_examples),
         "checkpoints": ", ".join(keys),
         "lr_weights": ", ".join(f"{w / sum(lr):.4f}" for w in lr),
         "gradient_data_versions": md_table(_latest_versions(context.instance, keys)),

@@ -3,6 +3,8 @@
 - targets="mean": one target, the mean over subtasks of each subtask's mean dev trajectory (`gtp`, the paper's form).
 - targets="per_subtask": each subtask's mean as its own column, one shared support (`joint_gtp`).
 - targets="per_example": each dev example's trajectory as its own column, one shared support (`joint_gtp`).
+- targets="per_checkpoint": the mean target cut into its checkpoints' blocks, each block its own column (zero
+  elsewhere), one shared support: each checkpoint's gradient is matched with its own weights (`joint_gtp`).
 - center=True: atoms and targets centered on the pool's mean trajectory first (`CenteredTrajectories`).
 
 A single target far outside the pool's cone saturates after a few atoms and the rest of the budget is fill
@@ -20,7 +22,7 @@ from gtp_pipeline.core.joint_pursuit import joint_gtp
 from gtp_pipeline.core.pursuit import PursuitConfig, Selection, gtp
 from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
 
-TARGET_MODES = ("mean", "per_subtask", "per_example")
+TARGET_MODES = ("mean", "per_subtask", "per_example", "per_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,18 @@ class GTPVariant:
         return self.targets + ("+centered" if self.center else "")
 
 
-def target_matrix(variant: GTPVariant, target: TargetTrajectory, per_example: TargetTrajectory | None) -> np.ndarray:
+def target_matrix(
+    variant: GTPVariant, target: TargetTrajectory, per_example: TargetTrajectory | None, n_checkpoints: int = 1
+) -> np.ndarray:
     """(J, D) the target vectors the variant matches (J = 1 for "mean")."""
     if variant.targets == "mean":
         return target.vector[None, :]
+    if variant.targets == "per_checkpoint":
+        b = target.vector
+        if n_checkpoints < 1 or b.size % n_checkpoints:
+            raise ValueError(f"a {b.size}-dim trajectory does not split into {n_checkpoints} checkpoint blocks")
+        d = b.size // n_checkpoints
+        return np.stack([np.where(np.arange(b.size) // d == t, b, 0.0) for t in range(n_checkpoints)])
     if variant.targets == "per_subtask":
         return target.per_subtask
     if per_example is None:
@@ -56,7 +66,7 @@ def select_gtp(
     per_example: TargetTrajectory | None = None,
 ) -> Selection:
     """GTP in the given variant; indices are rows of `view` whichever variant ran."""
-    B = target_matrix(variant, target, per_example)
+    B = target_matrix(variant, target, per_example, view.n_checkpoints)
     if variant.center:
         view = CenteredTrajectories(view)
         B = view.center(B)

@@ -1,0 +1,261 @@
+"""Which way of selecting works on this data: selection methods and GTP variants, each fine-tuned with several seeds
+and scored per test example, so that `core/verdict.py` can say win / tie / loss with an interval.
+
+A method is named by a spec: "topk", "random", or "gtp" with options joined by "+":
+  per_subtask | per_example | per_checkpoint
+                              match each subtask's / dev example's trajectory, or each checkpoint's block of the
+                              target, jointly with one support (core/gtp_variants.py)
+  centered                    on trajectories centered on the pool's mean (core/centered.py)
+  residual_fill               rank the fill by the final residual (the paper's OMP form) instead of the target
+  weights                     train on GTP's fitted NNLS weights as loss weights instead of uniformly
+e.g. "gtp+per_example+centered". Every method at a budget trains on the same number of draws with the same recipe
+(the pipeline's equal-compute rule); "full" trains on the whole pool.
+
+Each run lives in its own folder named by what it trains on (the selected ids and weights, and the seed), so a
+rerun after a kill resumes training (core/lora_train.py) and skips finished evaluations, and a changed selection
+never reuses an old adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gtp_pipeline.core.atomic import write_bytes
+from gtp_pipeline.core.gtp_variants import GTPVariant, select_gtp
+from gtp_pipeline.core.markdown import markdown_table
+from gtp_pipeline.core.pursuit import PursuitConfig, Selection
+from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
+from gtp_pipeline.core.selection_stats import duplicate_stats
+from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
+
+log = logging.getLogger(__name__)
+
+GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "centered", "residual_fill", "weights")
+NEAR_DUPLICATE_COSINE = 0.95  # the threshold GTP's fill de-duplicates at (PursuitConfig.fill_max_cosine)
+
+
+@dataclass(frozen=True)
+class StudyMethod:
+    name: str
+    base: str  # "gtp" | "topk" | "random"
+    variant: GTPVariant = GTPVariant()
+    fill: str = "target"
+    weighted: bool = False
+
+
+def parse_method(spec: str) -> StudyMethod:
+    """A method spec ("gtp+per_example+centered", "topk", ...) as a StudyMethod; unknown parts are errors."""
+    base, *options = spec.strip().split("+")
+    if base in ("topk", "random"):
+        if options:
+            raise ValueError(f"{base} takes no options, got {spec!r}")
+        return StudyMethod(spec.strip(), base)
+    if base != "gtp":
+        raise ValueError(f"unknown method {spec!r}: expected topk, random, or gtp[+{'+'.join(GTP_OPTIONS)}]")
+    unknown = [o for o in options if o not in GTP_OPTIONS]
+    if unknown or len(set(options)) != len(options):
+        raise ValueError(f"bad GTP options {options} in {spec!r}; each at most once, from {GTP_OPTIONS}")
+    targets = [o for o in options if o.startswith("per_")]
+    if len(targets) > 1:
+        raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint")
+    variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in options)
+    fill = "residual" if "residual_fill" in options else "target"
+    return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in options)
+
+
+def select(
+    method: StudyMethod,
+    view: Trajectories,
+    target: TargetTrajectory,
+    per_example: TargetTrajectory,
+    k: int,
+    seed: int = 0,
+) -> Selection:
+    config = PursuitConfig(budget=k, seed=seed, fill=method.fill)
+    if method.base == "topk":
+        return less_topk(view, target, config)
+    if method.base == "random":
+        return random_k(view, config)
+    return select_gtp(view, target, config, method.variant, per_example)
+
+
+def selection_stats(
+    view: Trajectories, selection: Selection, target: np.ndarray, corpus_rows: list[dict], reference: set[str] | None
+) -> dict[str, Any]:
+    """What a selection is made of: fitted vs fill, how well it reaches the target, near-duplicates, sources,
+    lengths, weight concentration, and overlap with a reference selection (top-k)."""
+    k = selection.indices.size
+    joint = selection.method not in ("less_topk", "random")  # ranked methods have no fit to saturate
+    _, residual = evaluate_selection(view, selection.indices, target)
+    rows = view.gather(selection.indices)
+    dups = duplicate_stats(
+        rows,
+        [r["content_hash"] for r in corpus_rows],
+        [r["prompt"] for r in corpus_rows],
+        near_cosine=NEAR_DUPLICATE_COSINE,
+    )
+    sources: dict[str, int] = {}
+    for r in corpus_rows:
+        sources[r["source"]] = sources.get(r["source"], 0) + 1
+    ids = {r["example_id"] for r in corpus_rows}
+    w = np.asarray(selection.weights, dtype=np.float64)
+    top_weight_share = float(np.sort(w)[::-1][: max(1, k // 10)].sum() / w.sum()) if w.sum() > 0 else float("nan")
+    return {
+        "k": k,
+        "fitted": k - selection.fill if joint else None,
+        "fill": selection.fill if joint else None,
+        "stop": selection.stop_reason,
+        "relative_residual": round(residual / float(np.linalg.norm(target)), 4),
+        "near_duplicates": dups["near"],
+        "exact_duplicates": dups["exact"],
+        "jaccard_topk": round(len(ids & reference) / len(ids | reference), 3) if reference is not None else None,
+        "top10pct_weight_share": round(top_weight_share, 3),
+        "mean_chars": round(float(np.mean([len(r["prompt"]) + len(r["response"]) for r in corpus_rows])), 1),
+        "sources": ", ".join(f"{s} {n}" for s, n in sorted(sources.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def run_folder(root: Path, budget: str, method: str, seed: int, example_ids: Sequence[str], weights) -> Path:
+    """Where one fine-tune lives: named by what it trains on, so a different selection never reuses it."""
+    h = hashlib.sha256()
+    for eid in example_ids:
+        h.update(f"{eid}\n".encode())
+    if weights is not None:
+        h.update(np.asarray(weights, dtype=np.float64).round(8).tobytes())
+    return root / budget / method / f"seed{seed}-{h.hexdigest()[:12]}"
+
+
+def train_and_score(
+    folder: Path,
+    train: Callable[[Path], Any],
+    score: Callable[[Any], list[dict]],
+) -> list[dict]:
+    """Per-example scores of the model `train(folder)` produces; cached in folder/scores.json (verified on read)."""
+    cache = folder / "scores.json"
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if isinstance(data, dict) and isinstance(data.get("per_example"), list):
+            return data["per_example"]
+        log.warning("ignoring unreadable %s; scoring again", cache)
+    model = train(folder)
+    per_example = score(model)
+    write_bytes(json.dumps({"per_example": per_example}).encode(), cache)
+    return per_example
+
+
+@dataclass
+class StudyResult:
+    selections: list[dict]  # one row per (budget, method): selection_stats plus budget and method
+    per_example: list[dict]  # run, method, budget, seed, example_id, loss, correct
+    seconds: float
+
+
+def run_study(
+    view: Trajectories,
+    target: TargetTrajectory,
+    per_example_target: TargetTrajectory,
+    corpus: list[dict],
+    methods: Sequence[StudyMethod],
+    budgets: Sequence[tuple[str, int]],
+    seeds: Sequence[int],
+    full_seeds: Sequence[int],
+    root: Path,
+    finetune: Callable[[list[int], np.ndarray | None, int, Path], Any],
+    score: Callable[[Any], list[dict]],
+    report: Callable[[str], None] = log.info,
+) -> StudyResult:
+    """Select with every method at every (label, k) budget, fine-tune each with every seed, score every test example.
+
+    `corpus[i]` is row i of the view (example_id, prompt, response, source, content_hash). `finetune(rows,
+    weights, seed, folder)` trains on those corpus rows (resuming in folder) and returns a model; `score(model)`
+    returns per-example dicts with example_id, loss and correct. The base model is scored as finetune([], ...).
+    """
+    start = time.perf_counter()
+    selections, scores = [], []
+
+    def record(run: str, method: str, budget: str, seed: int, rows: list[dict]) -> None:
+        for r in rows:
+            scores.append({"run": run, "method": method, "budget": budget, "seed": seed, **r})
+
+    record("base", "base", "-", -1, train_and_score(root / "base", lambda f: finetune([], None, -1, f), score))
+    all_rows = [i for i in range(len(corpus)) if view.valid_mask()[i]]
+    all_ids = [corpus[i]["example_id"] for i in all_rows]
+    for seed in full_seeds:
+        report(f"full pool ({len(all_rows)} examples), seed {seed}")
+        folder = run_folder(root, "100pct", "full", seed, all_ids, None)
+        rows = train_and_score(folder, lambda f, s=seed: finetune(all_rows, None, s, f), score)
+        record("full", "full", "100pct", seed, rows)
+    b = target.vector
+    for label, k in budgets:
+        chosen = {m.name: select(m, view, target, per_example_target, k) for m in methods}
+        topk_ids = None
+        if "topk" in chosen:
+            topk_ids = {corpus[i]["example_id"] for i in chosen["topk"].indices}
+        for m in methods:
+            sel = chosen[m.name]
+            picked = [corpus[i] for i in sel.indices]
+            stats = selection_stats(view, sel, b, picked, topk_ids if m.name != "topk" else None)
+            selections.append({"budget": label, "method": m.name, **stats})
+            fit = f"{stats['fitted']} fitted + {stats['fill']} fill, " if stats["fitted"] is not None else ""
+            report(f"{m.name} @ {label}: {fit}{stats['sources']}")
+            weights = sel.weights if m.weighted else None
+            if weights is not None and not np.any(weights > 0):
+                raise ValueError(f"{m.name} @ {label}: no positive weight to train on")
+            rows_picked = [int(i) for i in sel.indices]
+            for seed in seeds:
+                folder = run_folder(root, label, m.name, seed, [p["example_id"] for p in picked], weights)
+
+                def train(f: Path, r=rows_picked, w=weights, s=seed):
+                    return finetune(r, w, s, f)
+
+                rows = train_and_score(folder, train, score)
+                record(f"{m.name}-{label}", m.name, label, seed, rows)
+                report(f"{m.name} @ {label} seed {seed}: mean loss {np.nanmean([r['loss'] for r in rows]):.4f}")
+    return StudyResult(selections, scores, time.perf_counter() - start)
+
+
+def study_markdown(selections, scores, target_name: str, command: str) -> tuple[str, dict[str, bytes]]:
+    """The study's report: what each method picked, mean scores over seeds, and the verdict with its plots."""
+    import polars as pl
+
+    from gtp_pipeline.core.report import verdict_sections
+
+    means = (
+        scores.group_by("method", "budget", "seed", maintain_order=True)
+        .agg(pl.col("loss").mean(), pl.col("correct").cast(pl.Float64).mean().alias("accuracy"))
+        .group_by("method", "budget", maintain_order=True)
+        .agg(
+            pl.len().alias("seeds"),
+            pl.col("loss").mean().round(4).alias("loss_mean"),
+            pl.col("loss").std().round(4).alias("loss_sd"),
+            pl.col("accuracy").mean().round(3).alias("accuracy_mean"),
+        )
+    )
+    blocks, plots, _, _ = verdict_sections(scores)
+    markdown = "\n\n".join(
+        [
+            f"# Variant study: {target_name}",
+            f"Reproduce: `{command}`",
+            "## What each method picked",
+            "fitted: chosen by the joint fit (weight > 0); fill: the rest of the budget. relative_residual: how far "
+            "the NNLS fit on the selection stays from the target (1 = no closer than nothing). near_duplicates: "
+            "selected examples whose trajectory has cosine >= 0.95 with an earlier pick. jaccard_topk: overlap "
+            "with top-k's picks. top10pct_weight_share: share of the total weight on the top 10% of picks.",
+            markdown_table(selections.to_dicts()),
+            "## Mean over seeds",
+            markdown_table(means.to_dicts()),
+            *blocks,
+            "## Plots",
+            "\n".join(f"![{name}]({name}.png)" for name in plots),
+        ]
+    )
+    return markdown, plots

@@ -1,0 +1,143 @@
+"""Compare selection methods and GTP variants by fine-tuning, with several seeds and a verdict with intervals.
+
+    GTP_PROFILE=demo python -m gtp_pipeline.variant_study --budgets 0.05 --seeds 0,1,2
+
+Reads what the pipeline materialized for the profile (the corpus, the target's dev and test splits, the gradient
+stores of every checkpoint: run `make demo`, or the pipeline on your own data, first), selects with every method
+(`core/variant_study.py` explains the specs), fine-tunes each selection with every seed using the profile's recipe,
+scores every test example, and writes under `<artifact root>/variant_study/`: selections.parquet (what each
+method picked, fitted vs fill, near-duplicates, sources), per_example.parquet, and study.md with the verdict
+(core/verdict.py) and its forest plot. Interrupted, it resumes: finished runs are read back, a half-trained one
+continues from its last checkpoint. The pipeline's own assets are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+DEFAULT_METHODS = (
+    "gtp",
+    "gtp+residual_fill",
+    "gtp+per_example",
+    "gtp+centered",
+    "gtp+per_example+centered",
+    "gtp+weights",
+    "topk",
+    "random",
+)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs")
+    p.add_argument("--budgets", default="", help="comma-separated fractions or counts; default: the profile's")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tune seeds of every selection")
+    p.add_argument("--full-seeds", default="0", help="seeds of the full-pool fine-tune ('' to skip it)")
+    return p.parse_args(argv)
+
+
+def run_variant_study(defs, instance, args: argparse.Namespace):
+    """The study on what `instance` materialized with `defs`; returns the path of study.md."""
+    import polars as pl
+
+    from gtp_pipeline.assets.evaluation import eval_inputs
+    from gtp_pipeline.assets.gradients import lora_config
+    from gtp_pipeline.assets.selection import open_trajectories
+    from gtp_pipeline.core.atomic import write_bytes, write_parquet
+    from gtp_pipeline.core.evaluate import evaluate
+    from gtp_pipeline.core.lora_train import load_lora_model, train_lora
+    from gtp_pipeline.core.profiles import budget_count, budget_label
+    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown
+
+    methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
+    profile, store = defs.resources["profile"], defs.resources["store"]
+    if store.is_remote():
+        raise SystemExit("the variant study writes plain files: point GTP_ARTIFACT_ROOT at a local folder")
+    settings = profile.settings()
+    raw_corpus = defs.load_asset_value("raw_corpus", instance=instance)
+    target_examples = defs.load_asset_value("target_examples", instance=instance)
+    view, target, per_example, keys, _, _ = open_trajectories(instance, raw_corpus, target_examples, profile, store)
+    by_id = {r["example_id"]: r for r in raw_corpus.iter_rows(named=True)}
+    corpus = [by_id[eid] for eid in view.stores[0].example_ids()]
+    n_valid = int(view.valid_mask().sum())
+    fractions = [float(b) for b in args.budgets.split(",") if b.strip()] or list(settings.budgets.budgets)
+    budgets = [(budget_label(b), budget_count(b, n_valid)) for b in fractions]
+
+    device = defs.resources["compute"].configure_torch()
+    loaded = defs.resources["model"].load()
+    n_layers = loaded.model.config.num_hidden_layers
+    epochs = settings.budgets.train_epochs
+    tests, eval_config = eval_inputs(target_examples, settings)
+
+    def finetune(rows, weights, seed, folder):
+        if not rows:
+            return loaded.model
+        examples = [(corpus[i]["example_id"], corpus[i]["prompt"], corpus[i]["response"]) for i in rows]
+        recipe = lora_config(settings, epochs, n_layers, seed)
+        result = train_lora(
+            loaded.model, loaded.tokenizer, examples, folder, recipe, loaded.model_id, weights=weights, device=device
+        )
+        return load_lora_model(loaded.model, result.checkpoints[-1].path)
+
+    def score(model):
+        scored = evaluate(model, loaded.tokenizer, tests, eval_config, device)
+        return [
+            {"example_id": r["example_id"], "loss": r["loss"], "correct": r["correct"]} for r in scored.per_example
+        ]
+
+    root = store.path_for("variant_study")
+    print(
+        f"variant study: profile={profile.name}, {len(corpus)} pool rows ({n_valid} valid), checkpoints {keys}, "
+        f"{len(tests)} test examples, budgets {budgets}, methods {[m.name for m in methods]}, seeds {args.seeds}"
+    )
+    start = time.perf_counter()
+    result = run_study(
+        view,
+        target,
+        per_example,
+        corpus,
+        methods,
+        budgets,
+        _ints(args.seeds),
+        _ints(args.full_seeds),
+        root,
+        finetune,
+        score,
+        report=print,
+    )
+    selections = pl.DataFrame(result.selections)
+    scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})
+    for name, frame in (("selections", selections), ("per_example", scores)):
+        write_parquet(frame, root / f"{name}.parquet")
+    command = f"GTP_PROFILE={profile.name} python -m gtp_pipeline.variant_study " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in vars(args).items()
+    )
+    markdown, plots = study_markdown(selections, scores, settings.target.name, command)
+    for name, png in plots.items():
+        write_bytes(png, root / f"{name}.png")
+    write_bytes(markdown.encode(), root / "study.md")
+    print(f"\nDone in {time.perf_counter() - start:.0f}s: {root / 'study.md'}")
+    return root / "study.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import dagster as dg
+
+    from gtp_pipeline.definitions import defs
+    from gtp_pipeline.instance import instance_home
+
+    args = parse_args(argv)
+    home = instance_home(defs.resources["profile"].name, defs.resources["store"].root)
+    run_variant_study(defs, dg.DagsterInstance.from_config(str(home)), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

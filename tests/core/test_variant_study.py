@@ -1,0 +1,98 @@
+"""The variant study: method specs, one real fine-tune and evaluation per (method, seed), resume, and its report."""
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gtp_pipeline.core.evaluate import EvalConfig, EvalExample, evaluate
+from gtp_pipeline.core.gtp_variants import GTPVariant
+from gtp_pipeline.core.lora_train import LoraTrainConfig, load_lora_model, train_lora
+from gtp_pipeline.core.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conftest.py
+
+
+def test_method_specs_parse_into_variants():
+    m = parse_method("gtp+per_example+centered+weights")
+    assert (m.base, m.variant, m.fill, m.weighted) == ("gtp", GTPVariant("per_example", True), "target", True)
+    assert parse_method("gtp+residual_fill").fill == "residual"
+    assert parse_method("topk").base == "topk"
+    for bad in ("gtp+per_example+per_subtask", "gtp+centred", "topk+centered", "lesss", "gtp+weights+weights"):
+        with pytest.raises(ValueError):
+            parse_method(bad)
+
+
+def pool(n=24, d=12, seed=0):
+    """Trajectories of a pool with a cluster near the target, corpus rows aligned with them, and the target."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, d))
+    A[:6] += 3 * np.eye(d)[0]  # the related part of the pool
+    A /= np.linalg.norm(A, axis=1, keepdims=True)
+    corpus = [
+        {
+            "example_id": f"p{i:02d}",
+            "prompt": f"Count to {i % 5 + 1}." if i < 6 else f"Name colour number {i}.",
+            "response": " ".join(str(k) for k in range(1, i % 5 + 2)) if i < 6 else f"colour {i}",
+            "source": "counting" if i < 6 else "colours",
+            "content_hash": f"h{i}",
+        }
+        for i in range(n)
+    ]
+    dev = np.eye(d)[[0, 0]] + 0.1 * rng.normal(size=(2, d))
+    dev /= np.linalg.norm(dev, axis=1, keepdims=True)
+    target = TargetTrajectory(dev.mean(axis=0, keepdims=True), np.array(["t"]), np.array([2]))
+    per_example = TargetTrajectory(dev, np.array(["0", "1"]), np.array([1, 1]))
+    return DenseTrajectories(A.astype(np.float32)), target, per_example, corpus
+
+
+def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
+    view, target, per_example, corpus = pool()
+    tests = [EvalExample(f"t{i}", f"Count to {i + 1}.", " ".join(str(k) for k in range(1, i + 2))) for i in range(4)]
+    recipe = LoraTrainConfig(lora_r=4, lora_alpha=16, lr=2e-2, epochs=2, batch_size=4, max_len=64)
+    calls = []
+
+    def finetune(rows, weights, seed, folder):
+        calls.append((tuple(rows), seed))
+        if not rows:
+            return tiny.model
+        examples = [(corpus[i]["example_id"], corpus[i]["prompt"], corpus[i]["response"]) for i in rows]
+        result = train_lora(
+            tiny.model, tiny.tokenizer, examples, folder, replace(recipe, seed=seed), tiny.model_id, weights=weights
+        )
+        return load_lora_model(tiny.model, result.checkpoints[-1].path)
+
+    def score(model):
+        scored = evaluate(model, tiny.tokenizer, tests, EvalConfig(max_len=64))
+        return [
+            {"example_id": r["example_id"], "loss": r["loss"], "correct": r["correct"]} for r in scored.per_example
+        ]
+
+    methods = [parse_method(m) for m in ("gtp", "gtp+weights", "topk", "random")]
+    args = (view, target, per_example, corpus, methods, [("n4", 4)], [0, 1], [0], tmp_path, finetune, score)
+    result = run_study(*args)
+    assert len(calls) == 1 + 1 + len(methods) * 2  # base, full, every method x seed
+    scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})
+    assert scores.height == len(calls) * len(tests)
+    assert (
+        scores.filter(pl.col("method") == "full")["loss"].mean()
+        < scores.filter(pl.col("method") == "base")["loss"].mean()
+    )  # training on the pool taught counting
+    seeds = scores.filter(pl.col("method") == "gtp").group_by("seed").agg(pl.col("loss").mean()).sort("seed")
+    assert seeds["loss"][0] != seeds["loss"][1]  # seeds are real, different fine-tunes
+    by_method = {r["method"]: r for r in result.selections}
+    assert all(r["fitted"] + r["fill"] == 4 for r in result.selections if r["method"].startswith("gtp"))
+    assert by_method["topk"]["fitted"] is None
+    assert by_method["topk"]["jaccard_topk"] is None and by_method["gtp"]["jaccard_topk"] is not None
+    assert "counting" in by_method["gtp"]["sources"]
+
+    calls.clear()
+    again = run_study(*args)  # everything finished: read back, nothing trained or scored again
+    assert calls == [] and again.per_example == result.per_example
+
+    markdown, plots = study_markdown(pl.DataFrame(result.selections), scores, "counting", "python -m ...")
+    for section in ("## What each method picked", "## Verdict", "## Which method for my data"):
+        assert section in markdown
+    assert "gtp+weights" in markdown and plots
