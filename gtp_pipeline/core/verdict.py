@@ -336,13 +336,11 @@ def _sentence(row: dict[str, Any], confidence: float) -> str:
             f"{where}, the data cannot tell {row['method']} and {row['reference']} apart on {row['metric']} "
             f"({evidence}); more seeds or test examples would narrow the interval."
         )
-    if row["n_seeds"] < 2:
-        text += " With one seed the interval covers test-example noise only, not seed-to-seed noise."
     return text
 
 
-def _headline(budget: str, rows: Sequence[dict[str, Any]]) -> str:
-    """Names a method only if it won every comparison it is in, on every metric, and says whom it was compared with."""
+def _winners(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[str], list[str]]]:
+    """(method, whom it beat, whom it was not compared with) for each method that won every comparison it is in."""
     outcome: dict[str, set[str]] = {}
     opponents: dict[str, set[str]] = {}
     for r in rows:
@@ -351,21 +349,43 @@ def _headline(budget: str, rows: Sequence[dict[str, Any]]) -> str:
         outcome.setdefault(r["reference"], set()).add(flipped)
         opponents.setdefault(r["method"], set()).add(r["reference"])
         opponents.setdefault(r["reference"], set()).add(r["method"])
-    best = sorted(m for m, seen in outcome.items() if seen == {"win"})
-    if best:
-        claims = []
-        for m in best:
-            beaten = sorted(opponents[m], key=_method_key)
-            unseen = sorted(set(outcome) - opponents[m] - {m}, key=_method_key)
-            claim = f"{m} beats every method it was compared with ({', '.join(beaten)}) on every metric"
-            claims.append(claim + (f", but was not compared with {', '.join(unseen)}" if unseen else ""))
-        return f"At {budget}: " + "; ".join(claims) + "."
-    if all(r["verdict"] == "tie" for r in rows):
-        return (
+    return [
+        (m, sorted(opponents[m], key=_method_key), sorted(set(outcome) - opponents[m] - {m}, key=_method_key))
+        for m in sorted(m for m, seen in outcome.items() if seen == {"win"})
+    ]
+
+
+def _claim(method: str, beaten: list[str], unseen: list[str], scope: str) -> str:
+    claim = f"{method} beats every method it was compared with ({', '.join(beaten)}) {scope}"
+    return claim + (f", but was not compared with {', '.join(unseen)}" if unseen else "")
+
+
+def _headline(budget: str, rows: Sequence[dict[str, Any]]) -> str:
+    """Names a method only where it won every comparison it is in (on every metric, or per metric), says whom it
+    was not compared with, and says once when the intervals leave out seed-to-seed noise."""
+    overall = _winners(rows)
+    if overall:
+        text = f"At {budget}: " + "; ".join(_claim(*w, "on every metric") for w in overall) + "."
+    elif all(r["verdict"] == "tie" for r in rows):
+        text = (
             f"At {budget}: no comparison separates the methods; at this number of seeds and test examples "
             "they cannot be told apart."
         )
-    return f"At {budget}: no method wins every comparison it is in; the comparisons below say which differences are clear."
+    else:
+        parts = []
+        for metric in sorted({r["metric"] for r in rows}):
+            group = [r for r in rows if r["metric"] == metric]
+            winners = _winners(group)
+            if winners:
+                parts.extend(_claim(*w, f"on {metric}") for w in winners)
+            elif all(r["verdict"] == "tie" for r in group):
+                parts.append(f"on {metric} no comparison separates the methods")
+            else:
+                parts.append(f"on {metric} no method wins every comparison it is in")
+        text = f"At {budget}: " + "; ".join(parts) + ". The comparisons below say which differences are clear."
+    if any(r["n_seeds"] < 2 for r in rows):
+        text += " With one seed the intervals cover test-example noise only, not seed-to-seed noise."
+    return text
 
 
 def _capitalized(text: str) -> str:

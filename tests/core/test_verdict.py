@@ -237,3 +237,19 @@ def test_recommend_states_a_win_with_its_evidence_and_flags_a_single_seed():
     assert "test-example noise only, not seed-to-seed noise" in one_seed
     lost = recommend([row("loss", 0.05, 0.02, 0.08)])["5pct"]
     assert "topk beats gtp" in lost and "gtp beats" not in lost
+
+
+def test_recommend_headline_names_a_winner_per_metric_and_flags_one_seed_once():
+    rows = [
+        row("win", -0.05, -0.08, -0.02, n_seeds=1),
+        row("win", -0.1, -0.2, -0.05, reference="random", n_seeds=1),
+        row("tie", 0.0, -0.03, 0.03, metric="accuracy", n_seeds=1),
+        row("tie", 0.01, -0.02, 0.04, reference="random", metric="accuracy", n_seeds=1),
+    ]
+    text = recommend(rows)["5pct"]
+    headline = text.splitlines()[0]
+    assert headline.startswith(
+        "At 5pct: on accuracy no comparison separates the methods; "
+        "gtp beats every method it was compared with (topk, random) on loss."
+    )
+    assert text.count("not seed-to-seed noise") == 1 and "not seed-to-seed noise" in headline
