@@ -20,7 +20,7 @@ import time
 
 DEFAULT_METHODS = (
     "gtp",
-    "gtp+residual_fill",
+    "gtp+target_fill",
     "gtp+per_example",
     "gtp+centered",
     "gtp+per_example+centered",

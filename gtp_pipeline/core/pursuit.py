@@ -43,10 +43,12 @@ Memory: k + m_s support rows, the pool (m rows) and its Gram columns; the store 
 
 Saturation and fill. When the target lies far outside the cone of the pool's trajectories, the non-negative fit stops
 improving after a few atoms whatever k is: at the NNLS optimum no unchosen atom has a positive correlation with the
-residual. The rest of the budget is then "fill" (weight 0). Ranking it by correlation with that residual, as OMP
-would, is close to arbitrary (every score is <= 0), so by default the fill is ranked by correlation with the target
-itself (LESS's score), and a fill atom whose cosine with anything already chosen is >= `fill_max_cosine` is skipped:
-the selection stays free of near-duplicates as a whole, not only in its fitted part (`fill_rows`).
+residual. The rest of the budget is then "fill" (weight 0), ranked by correlation with that residual, as OMP would
+(`fill="residual"`, the default), or by correlation with the target itself (`fill="target"`, LESS's score). Every
+residual score is <= 0 there, so the residual ranking looks arbitrary, yet it measured better: the target ranking
+turns the fill into top-k's picks (docs/RESULTS.md, variant study). Either way a fill atom whose cosine with anything
+already chosen is >= `fill_max_cosine` is skipped: the selection stays free of near-duplicates as a whole, not only
+in its fitted part (`fill_rows`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class PursuitConfig:
     tol: float = 1e-4  # stop when ||r|| / ||b|| <= tol: GradMatch's default (algorithms.md §2.3)
     max_omp_iterations: int = 0  # cap on OMP baselines' passes; 0 = 2 k (NNLS drops can need more than k)
     seed: int = 0  # random fill of gradmatch_omp and random_k; nothing in GTP is random
-    fill: str = "target"  # fill ranked by correlation with the target (LESS's score) or the final "residual"
+    fill: str = "residual"  # fill ranked by correlation with the final "residual" (OMP) or the "target" (LESS)
     fill_max_cosine: float = (
         0.95  # a fill atom this aligned with a chosen one is a near-duplicate: skipped (>= 1: off)
     )

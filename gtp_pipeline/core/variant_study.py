@@ -6,7 +6,7 @@ A method is named by a spec: "topk", "random", or "gtp" with options joined by "
                               match each subtask's / dev example's trajectory, or each checkpoint's block of the
                               target, jointly with one support (core/gtp_variants.py)
   centered                    on trajectories centered on the pool's mean (core/centered.py)
-  residual_fill               rank the fill by the final residual (the paper's OMP form) instead of the target
+  target_fill                 rank the fill by LESS's score against the target instead of the final residual
   weights                     train on GTP's fitted NNLS weights as loss weights instead of uniformly
 e.g. "gtp+per_example+centered". Every method at a budget trains on the same number of draws with the same recipe
 (the pipeline's equal-compute rule); "full" trains on the whole pool.
@@ -39,7 +39,7 @@ from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
 
 log = logging.getLogger(__name__)
 
-GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "centered", "residual_fill", "weights")
+GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "centered", "target_fill", "weights")
 NEAR_DUPLICATE_COSINE = 0.95  # the threshold GTP's fill de-duplicates at (PursuitConfig.fill_max_cosine)
 
 
@@ -48,7 +48,7 @@ class StudyMethod:
     name: str
     base: str  # "gtp" | "topk" | "random"
     variant: GTPVariant = GTPVariant()
-    fill: str = "target"
+    fill: str = "residual"
     weighted: bool = False
 
 
@@ -68,7 +68,7 @@ def parse_method(spec: str) -> StudyMethod:
     if len(targets) > 1:
         raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint")
     variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in options)
-    fill = "residual" if "residual_fill" in options else "target"
+    fill = "target" if "target_fill" in options else "residual"
     return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in options)
 
 

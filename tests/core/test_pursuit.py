@@ -218,15 +218,22 @@ def brute_force_fill(A, score, chosen, n, max_cosine):
     return out
 
 
-def test_fill_is_ranked_by_the_target_and_holds_no_near_duplicates():
+@pytest.mark.parametrize("fill", ["residual", "target"])
+def test_fill_is_ranked_as_configured_and_holds_no_near_duplicates(fill):
     A = near_duplicate_pool()
     view = DenseTrajectories(A)
     b = A[[3, 40]].astype(np.float64).sum(axis=0) + A[:150].astype(np.float64).mean(axis=0)  # the twins rank high
-    sel = gtp(view, b, PursuitConfig(budget=300))
+    sel = gtp(view, b, PursuitConfig(budget=300, fill=fill))
     fitted = sel.indices[: sel.indices.size - sel.fill]
     assert 0 < sel.fill < 300 and sel.stop_reason in ("no_progress", "tolerance")
-    want = brute_force_fill(A, A @ b, fitted.tolist(), sel.fill, 0.95)
-    assert sel.indices[fitted.size :].tolist() == want
+    residual = b - A[fitted].astype(np.float64).T @ sel.weights[: fitted.size]
+    score = A.astype(np.float64) @ (b if fill == "target" else residual)
+    want = brute_force_fill(A, score, fitted.tolist(), sel.fill, 0.95)
+    got = sel.indices[fitted.size :]
+    # residual scores are all <= 0 and many nearly tie: the same scores in the same order, up to float32 rounding
+    np.testing.assert_allclose(score[got], score[want], atol=1e-5)
+    assert len(set(got.tolist()) & set(int(i) for i in want)) > 0.9 * len(want)
+    assert sel.info["fill_ranked_by"] == fill
     cos = A[sel.indices] @ A[sel.indices].T
     assert (cos[np.triu_indices(300, 1)] < 0.95).all() and sel.info["fill_near_duplicates"] == 0
     plain = gtp(view, b, PursuitConfig(budget=300, fill_max_cosine=1.0))

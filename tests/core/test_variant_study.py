@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conft
 
 def test_method_specs_parse_into_variants():
     m = parse_method("gtp+per_example+centered+weights")
-    assert (m.base, m.variant, m.fill, m.weighted) == ("gtp", GTPVariant("per_example", True), "target", True)
-    assert parse_method("gtp+residual_fill").fill == "residual"
+    assert (m.base, m.variant, m.fill, m.weighted) == ("gtp", GTPVariant("per_example", True), "residual", True)
+    assert parse_method("gtp+target_fill").fill == "target"
     assert parse_method("topk").base == "topk"
     for bad in ("gtp+per_example+per_subtask", "gtp+centred", "topk+centered", "lesss", "gtp+weights+weights"):
         with pytest.raises(ValueError):
