@@ -3,7 +3,7 @@
 One run, one store in a temp dir (T checkpoints x d dims, fp16, chunked like the real gradient stores), one target:
   gtp             gtp_pipeline.core.pursuit.gtp (pool identification per pass + NN-OMP inside the pool + swap)
   cholesky_omp    one atom per pass, incremental Cholesky NNLS (the quality reference)
-  gradmatch_omp   algorithms.md §2.3 exactly (one atom per pass, LS from scratch, drop negatives, random fill)
+  gradmatch_omp   docs/ALGORITHMS.md §2.3 exactly (one atom per pass, LS from scratch, drop negatives, random fill)
   less_topk       LESS's independent top-k (one pass)
 Data: clustered low-rank gradients (shared mean direction + Zipf-sized clusters with per-checkpoint drift + a rank-8
 within-cluster part + noise), 2% exact duplicates, rows unit-normalized per checkpoint. Target rows: a few rows of

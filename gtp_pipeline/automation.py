@@ -6,7 +6,7 @@
   version* changed, not merely when an input was re-materialized. Missing assets are not requested: the
   first materialization is yours (`make demo`, or the UI), so opening the UI never starts the whole pipeline. It is evaluated by the
   `automation` sensor, and unlike the UI's stale badge it also works for assets that aggregate more than
-  100 checkpoint partitions (docs/dagster-notes.md §3).
+  100 checkpoint partitions.
 - `new_checkpoint_sensor` registers checkpoint folders that appear in the configured folder (a user's own
   training run) as `model_checkpoint` partitions and requests their gradient features.
 """

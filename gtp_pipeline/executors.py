@@ -4,7 +4,7 @@ GTP_EXECUTOR (read where the definitions load: the code server and each run proc
 - unset: Dagster's default (multiprocess, switchable to in-process by run config);
 - "multiprocess": one subprocess per step on the run's machine;
 - "in_process": every step in the run process (debugging, profiling);
-- "dask": dagster-dask, each step a task on a Dask cluster (docs/dagster-notes.md §8, deploy/README.md).
+- "dask": dagster-dask, each step a task on a Dask cluster (deploy/README.md).
   Run config picks the cluster:
       execution: {config: {scheduler_address: "tcp://10.0.0.5:8786"}}   # an existing cluster
       execution: {config: {scheduler_address: "", local_workers: 2}}   # a LocalCluster for this run

@@ -9,7 +9,7 @@ same per-checkpoint stores (local paths on a shared file system, or fsspec URLs:
   m rows, instead of P x m rows over the network);
 - `correlate`: each task returns the scores of its own rows; `mean`: each task returns (sum, count).
 A row's score is computed by the same code (`StoreTrajectories._chunk`) on the same chunk bytes as in one process,
-so the merged top-m, and any pursuit run on this view, equal the single-process ones (algorithms.md §2.5).
+so the merged top-m, and any pursuit run on this view, equal the single-process ones (docs/ALGORITHMS.md §2.5).
 
 Each worker process keeps its views (opened stores, cached row norms) between passes, keyed by this object's token
 and chunk range; task i prefers worker i % W so its view stays warm, but may run anywhere (a lost worker's task is

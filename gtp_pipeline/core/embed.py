@@ -3,7 +3,7 @@
 What it computes: one L2-normalized vector per example, row i = example_ids[i], of the text
 `example_text(prompt, response) = prompt + "\\n" + response`. ClusterClip embeds prompt + output of
 SFT records (official code `run_gen_emb.py`: `data["prompt"] + data["output"]`, mean pooling,
-L2-normalize; docs/algorithms.md §3.2); we put a newline between the two so the last word of the
+L2-normalize; docs/ALGORITHMS.md §3.2); we put a newline between the two so the last word of the
 prompt and the first of the response stay separate tokens.
 
 Implementations: `Embedder` (the interface: `dim`, `identity()`, `encode(texts)`), and
@@ -16,8 +16,8 @@ killed run resumes at the first missing chunk and ends with the same bytes as an
 each chunk is encoded from its own texts only (batches never straddle chunks), so its bytes do not
 depend on what ran before. Rows are stored as float16: a unit vector's components are ~0.05, where
 fp16 keeps ~5e-4 relative precision, so a cosine moves by < 1e-3 in the worst case and ~1e-5 typically,
-far below anything k-means distinguishes; it halves disk and read bandwidth, and DESIGN §5-6 store
-features as fp16. A zero or non-finite embedding raises `EmbeddingError` naming the example: such a
+far below anything k-means distinguishes; it halves disk and read bandwidth, and the gradient
+stores keep their features as fp16 too. A zero or non-finite embedding raises `EmbeddingError` naming the example: such a
 vector has no direction, would poison cosine k-means, and means the model or the input is broken, so
 it is not silently marked invalid.
 """

@@ -6,7 +6,7 @@ L2-normalized on the way in, so any non-zero row is accepted; zero or non-finite
 
 It follows the clustering of ClusterClip (Shao et al., arXiv 2402.14526; official code
 github.com/choosewhatulike/cluster-clip `kmeans.py`, read for understanding, this is our own code;
-docs/algorithms.md §3.2): cosine distance 1 - x.c, E-step = nearest centroid computed in chunks,
+docs/ALGORITHMS.md §3.2): cosine distance 1 - x.c, E-step = nearest centroid computed in chunks,
 M-step = per-cluster sum re-normalized to unit norm, random or k-means++ init, early stop. Unlike the
 official code, empty clusters are re-seeded with the rows farthest from their centroid (the official
 code keeps the old centroid), and the labels returned are those of the last E-step under the
@@ -79,7 +79,7 @@ class KMeansInputError(ValueError):
 class KMeansConfig:
     """Spherical k-means settings. Defaults follow the official ClusterClip code where it has one."""
 
-    K: int = 2000  # number of clusters; README example 2000 (docs/algorithms.md §3.4)
+    K: int = 2000  # number of clusters; README example 2000 (docs/ALGORITHMS.md §3.4)
     max_iter: int = 300  # E-steps at most; the official README runs 300
     tol: float = 1e-4  # stop once the mean cosine similarity improves by less than tol (relative)
     init: Literal["k-means++", "random"] = "k-means++"  # official code: random rows; k-means++ is more robust

@@ -4,7 +4,7 @@ Each source returns a `LoadedModel` (a NamedTuple, so `model, tokenizer, model_i
 `model_id` identifies the *weights* (a content hash), so a feature store or checkpoint written with other
 weights is refused instead of mixed in (see core/feature_store.py).
 
-Sources (DESIGN.md §4, docs/offline-models-and-data.md §1):
+Sources (README: Data and licenses):
   - `tiny_model`: a small random `LlamaForCausalLM` built from a `LlamaConfig` with a fixed seed, paired with
     `ByT5Tokenizer()`. ByT5 is chosen over an in-process BPE because it needs no files and no training data:
     the tokenizer (and so the model id) does not depend on which texts the test happened to train on, it is
@@ -174,7 +174,7 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None) -> 
     tmp = cache_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     logger.info("converting %s to %s (one time, ~20 s)", gguf_path, final)
     try:
-        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True, "trust_remote_code": False}
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
         gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
         if gguf_model.config.model_type != "llama":
@@ -211,8 +211,10 @@ def hf_folder_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{path} is not a HF model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )
     model.eval()
     source = path / _SOURCE_FILE
     if source.is_file():

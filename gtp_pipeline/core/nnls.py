@@ -1,4 +1,4 @@
-"""Non-negative least squares in Gram form, the re-fit of every pursuit (algorithms.md §2.4, "NNLS on <= 3k columns").
+"""Non-negative least squares in Gram form, the re-fit of every pursuit (docs/ALGORITHMS.md §2.4, "NNLS on <= 3k columns").
 
     min_{w >= 0}  1/2 w^T G w - h^T w        G = A_S^T A_S (s x s),  h = A_S^T b (s,)
 
@@ -14,7 +14,7 @@ Implementations:
   Lawson-Hanson's inner loop: step from the old (feasible) weights towards the least-squares solution, remove the
   atom that reaches zero with an O(s^2) rank-one update of the trailing factor, re-solve, repeat. So the weights are
   always the exact NNLS solution on the support (KKT: every active atom has zero correlation with the residual,
-  which is what de-duplicates, algorithms.md §2.2), at O(s^2) per change instead of an O(s^3) re-solve.
+  which is what de-duplicates, docs/ALGORITHMS.md §2.2), at O(s^2) per change instead of an O(s^3) re-solve.
 Dense linear algebra goes through torch (MKL, torch.set_num_threads): numpy/scipy's OpenBLAS spawns its own threads,
 which on a busy 2-core machine made a 250 x 250 Cholesky take 11 ms instead of 0.4 ms. The exception is the two
 triangular solves of every add: scipy's BLAS dtpsv on the packed factor rows, a level-2 routine that OpenBLAS runs on

@@ -1,4 +1,4 @@
-"""Pool sources from offline data packages (see ../shared/docs/offline-models-and-data.md §3).
+"""Pool sources from offline data packages (README: Data and licenses).
 
 Each function yields `RawRecord`s whose `fields` hold prompt/response/task, with the package file as
 origin. Packages are located with `importlib.util.find_spec`, never imported: several print or pull

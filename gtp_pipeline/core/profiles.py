@@ -31,7 +31,7 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """ClusterClip: embeddings, spherical k-means and the sampler (docs/algorithms.md §3.4)."""
+    """ClusterClip: embeddings, spherical k-means and the sampler (docs/ALGORITHMS.md §3.4)."""
 
     K: int = 2000  # clusters; the official README example (the paper's K is not published)
     R: int = 2  # repetition clip; Figure 1 of the paper illustrates R=2
@@ -43,7 +43,7 @@ class ClusterSettings:
 
 @dataclass(frozen=True)
 class GradientSettings:
-    """LESS's warm-up and gradient features, scaled per profile (docs/algorithms.md §1.1, DESIGN §5)."""
+    """LESS's warm-up and gradient features, scaled per profile (docs/ALGORITHMS.md §1.1)."""
 
     warmup_fraction: float = 0.05  # LESS: a random 5% of the pool
     warmup_epochs: int = 4  # LESS: 4 epochs, one checkpoint each

@@ -1,4 +1,4 @@
-"""Gradient Trajectory Pursuit (GTP, arXiv 2410.16710; reconstruction: algorithms.md §2.2-§2.5) and OMP baselines.
+"""Gradient Trajectory Pursuit (GTP, arXiv 2410.16710; reconstruction: docs/ALGORITHMS.md §2.2-§2.5) and OMP baselines.
 
 Problem (budget form of the L0-regularized NNLS, §2.2): given trajectories A = [a_1..a_N] (unit columns, see
 trajectory.py) and a target trajectory b, find S, |S| <= k, and w >= 0 minimizing ||A_S w - b||. Every method takes a
@@ -8,7 +8,7 @@ Implementations:
 - `gtp`: the pursuit of this project (below).
 - `cholesky_omp`: non-negative OMP, one atom per pass, support factor updated incrementally (nnls.CholeskySupport),
   weights always the exact NNLS solution. The quality reference: GTP must end within 5% of its residual.
-- `gradmatch_omp`: GradMatch's OMP exactly as algorithms.md §2.3 (cords `OrthogonalMP_REG_Parallel_V1`): one atom per
+- `gradmatch_omp`: GradMatch's OMP exactly as docs/ALGORITHMS.md §2.3 (cords `OrthogonalMP_REG_Parallel_V1`): one atom per
   pass, Gram and least squares re-solved from scratch each iteration, negatives dropped one by one, random fill with
   weight 1. The "1717x" baseline.
 - `less_topk`, `random_k` (selection_baselines.py): no fit.
@@ -24,7 +24,7 @@ a time: an accepted atom appends a row to the support's Cholesky factor (two O(|
 least-squares update); when that would make a weight negative, Lawson-Hanson's inner loop removes the blocking atom
 with an O(|S|^2) rank-one update of the factor (nnls.CholeskySupport). The weights are therefore always the exact
 NNLS solution on the support, and every support atom has zero correlation with the residual: duplicates of a picked
-atom are never picked (algorithms.md §2.2). This is batch identification (gOMP, Wang, Kwon & Shim 2012) without
+atom are never picked (docs/ALGORITHMS.md §2.2). This is batch identification (gOMP, Wang, Kwon & Shim 2012) without
 gOMP's blind batch add: a pool atom explained by an earlier pick loses its correlation before it is considered.
 Plain non-negative CoSaMP (add the top 2k, NNLS on the union, keep the k largest), measured on the same data with
 scipy's NNLS: 1.62x, 1.18x, 1.02x OMP's residual after 1, 2, 3 iterations, 55 s in all (the NNLS on up to 3k
@@ -69,17 +69,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PursuitConfig:
-    """Knobs of GTP and the OMP baselines (DESIGN §5). Defaults were measured with bench/pursuit.py."""
+    """Knobs of GTP and the OMP baselines (docs/ALGORITHMS.md §2.6). Defaults were measured with bench/pursuit.py."""
 
-    budget: int = 1000  # k: |S| <= k, the L0 budget (algorithms.md §2.2); 1% of a 100k pool
+    budget: int = 1000  # k: |S| <= k, the L0 budget (docs/ALGORITHMS.md §2.2); 1% of a 100k pool
     atoms_per_round: int = 0  # m: pool taken per pass; 0 = auto, pool_factor x (atoms still to add)
     pool_factor: float = 2.0  # auto m = 2 (k - |S|), CoSaMP's 2k: larger costs Gram GEMMs, smaller costs passes
     min_atoms_per_round: int = 64  # floor of auto m, so the last rounds of a nearly full support are not starved
     accept_ratio: float = 0.5  # gamma: accept pool atoms while corr > gamma * tau; 0.8 -> 1 more pass, 0.3 -> 1.08x
-    max_rounds: int = 50  # cap on passes; CoSaMP-style pursuits converge in 10-30 (algorithms.md §2.6)
+    max_rounds: int = 50  # cap on passes; CoSaMP-style pursuits converge in 10-30 (docs/ALGORITHMS.md §2.6)
     swap_rounds: int = 1  # refinement passes after |S| = k (propose, grow to k + m_s, prune back to k)
     swap_fraction: float = 0.1  # m_s = 0.1 k: 1.034x -> 1.015x OMP's residual for +20% time (0.25 k: 1.006x, +55%)
-    tol: float = 1e-4  # stop when ||r|| / ||b|| <= tol: GradMatch's default (algorithms.md §2.3)
+    tol: float = 1e-4  # stop when ||r|| / ||b|| <= tol: GradMatch's default (docs/ALGORITHMS.md §2.3)
     max_omp_iterations: int = 0  # cap on OMP baselines' passes; 0 = 2 k (NNLS drops can need more than k)
     seed: int = 0  # random fill of gradmatch_omp and random_k; nothing in GTP is random
     fill: str = "residual"  # fill ranked by correlation with the final "residual" (OMP) or the "target" (LESS)
@@ -394,7 +394,7 @@ def gradmatch_omp(
     lam: float = 0.0,
     max_iterations: int | None = None,
 ) -> Selection:
-    """GradMatch's non-negative OMP exactly as algorithms.md §2.3 (cords OrthogonalMP_REG_Parallel_V1).
+    """GradMatch's non-negative OMP exactly as docs/ALGORITHMS.md §2.3 (cords OrthogonalMP_REG_Parallel_V1).
 
     `max_iterations` < k runs only a prefix of the k iterations (for timing extrapolation); the result is then
     marked stop_reason="max_rounds" and is not a full GradMatch selection.

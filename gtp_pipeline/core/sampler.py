@@ -1,7 +1,7 @@
 """ClusterClip sampling plans: which example each of M training draws uses.
 
 What it computes: a stream of M example indices (0..N-1) from the cluster labels of the pool
-(ClusterClip, Shao et al., arXiv 2402.14526; docs/algorithms.md §3.3 and §4 items 7-9; the official
+(ClusterClip, Shao et al., arXiv 2402.14526; docs/ALGORITHMS.md §3.3 and §4 items 7-9; the official
 code github.com/choosewhatulike/cluster-clip has no sampler, this follows the reconstruction):
 
 * "clusterclip": each draw picks a cluster uniformly among the ACTIVE clusters and takes the next
@@ -23,7 +23,7 @@ so the order in which events happen never changes what another role draws:
   (1, k) cluster k's shuffles: pass p's order = members_k[permutation(n_k)], the p-th call (none if n_k = 1);
   (2,)   epochs of "random" and of the fallback: numpy `permutation(N)` per epoch.
 
-Implementations: `reference_plan` (the plain per-draw loop of docs/algorithms.md §3.3, for tests) and
+Implementations: `reference_plan` (the plain per-draw loop of docs/ALGORITHMS.md §3.3, for tests) and
 `plan_samples` (vectorized, identical stream). The fast one handles a whole block of picks at once:
 whether a pick of cluster k is accepted depends only on how many picks of k came before it (its rank
 within k, from one stable sort) and k's remaining budget, never on the other clusters, so a block runs
@@ -118,7 +118,7 @@ def _epochs(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(parts)[:m] if parts else np.zeros(0, dtype=np.int64)
 
 
-# --- reference: the per-draw loop of docs/algorithms.md §3.3 -----------------------------------------------
+# --- reference: the per-draw loop of docs/ALGORITHMS.md §3.3 -----------------------------------------------
 
 
 def reference_plan(labels: np.ndarray, M: int, config: SamplerConfig, n_clusters: int | None = None) -> SamplingPlan:

@@ -1,7 +1,7 @@
 """Selections without a joint fit, on the same `Trajectories` interface as the pursuits, and a common scorer.
 
 Implementations:
-- `less_topk`: LESS's selection (algorithms.md §1.1 step 3): score_i = max over subtasks j of the mean LR-weighted
+- `less_topk`: LESS's selection (docs/ALGORITHMS.md §1.1 step 3): score_i = max over subtasks j of the mean LR-weighted
   cosine between a_i and subtask j's target rows, which equals <a_i, b_j> for the subtask's mean target trajectory
   b_j (trajectory.build_target); the k best, independently. Exact duplicates get equal scores and are all taken:
   the redundancy GTP removes. One pass (a GEMM against all J subtask targets at once).

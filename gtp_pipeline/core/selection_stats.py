@@ -1,6 +1,6 @@
 """What a selection picked twice: exact duplicates (same text or same prompt) and near duplicates (same gradient).
 
-LESS's top-k picks every copy of a useful example; GTP's joint fit should pick at most one (algorithms.md
+LESS's top-k picks every copy of a useful example; GTP's joint fit should pick at most one (docs/ALGORITHMS.md
 §2.2). These counts make that visible per method.
 """
 

@@ -1,6 +1,6 @@
 """Gradient trajectories: the dictionary A that GTP pursues over, streamed from per-checkpoint feature stores.
 
-The trajectory of pool example i (algorithms.md §2.2, DESIGN §5) is
+The trajectory of pool example i (docs/ALGORITHMS.md §2.2) is
 
     a_i = [ sqrt(w_1) phi_i^1 ; ... ; sqrt(w_T) phi_i^T ]  in R^{T d},    ||a_i|| = 1,
 
@@ -24,7 +24,7 @@ Implementations of `Trajectories` (all a pursuit ever sees):
 - `ShardedTrajectories`: P spawned worker processes, each a StoreTrajectories over its own chunk range of the same
   stores (opened from paths), each returning its local top-m (index, score, row); the coordinator merges. A row's
   score is computed by the same code on the same chunk as in one process, so the merged top-m, and any pursuit run
-  on this view, equal the single-process ones (algorithms.md §2.5, "exact").
+  on this view, equal the single-process ones (docs/ALGORITHMS.md §2.5, "exact").
 
 Targets (§2.2): `build_target` (per checkpoint: the mean over subtasks of the mean unit-norm target row of each
 subtask, stacked with the same sqrt(w_t)) and `Trajectories.mean()` (in-domain target: the pool's mean trajectory).
@@ -727,7 +727,7 @@ class TargetTrajectory:
 
     @property
     def vector(self) -> np.ndarray:
-        """(D,) the mean of the per-subtask means: small subtasks count as much as large ones (algorithms.md §2.2)."""
+        """(D,) the mean of the per-subtask means: small subtasks count as much as large ones (docs/ALGORITHMS.md §2.2)."""
         return self.per_subtask.mean(axis=0)
 
 
