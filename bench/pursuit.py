@@ -19,7 +19,8 @@ fp32 trajectory matrix (the in-memory variant's operation), and, for reference, 
 Run: python bench/pursuit.py            (full: N=100k, 4 x 1024 dims, k=1000; about 9 minutes)
      python bench/pursuit.py --quick    (N=20k, k=200; under a minute)
 Prints one JSON line. Goals: gtp_vs_cholesky_omp_residual <= 1.05, gtp_speedup_vs_gradmatch_omp >= 100,
-gtp_speedup_vs_cholesky_omp >= 10, gtp_over_topk_wall <= 20, stream_vs_inmem_fp32_gemv >= 0.5.
+gtp_speedup_vs_cholesky_omp >= 10, gtp_over_topk_wall <= 20, stream_vs_inmem_fp32_gemv >= 0.5,
+first_pass_checksum_overhead <= 0.10 (every chunk's CRC32C checked on a view's first read).
 """
 
 from __future__ import annotations
@@ -147,6 +148,32 @@ def stream_vs_memory(view: StoreTrajectories, b: np.ndarray) -> dict:
     )
 
 
+def verification_cost(cands: list[FeatureStore], b: np.ndarray, cfg: PursuitConfig) -> dict:
+    """What checking every chunk's CRC32C costs: a fresh view's first pass (which verifies, in the prefetch thread)
+    and a whole GTP run on a fresh view, each against the same with verification off, interleaved best of 5 / 3."""
+    t = best_times(
+        dict(
+            checked=lambda: StoreTrajectories(cands, LR).correlate(b),
+            unchecked=lambda: StoreTrajectories(cands, LR, verify=False).correlate(b),
+        )
+    )
+    g = best_times(
+        dict(
+            checked=lambda: gtp(StoreTrajectories(cands, LR), b, cfg),
+            unchecked=lambda: gtp(StoreTrajectories(cands, LR, verify=False), b, cfg),
+        ),
+        reps=3,
+    )
+    return dict(
+        first_pass_checked_s=t["checked"],
+        first_pass_unchecked_s=t["unchecked"],
+        first_pass_checksum_overhead=t["checked"] / t["unchecked"] - 1,
+        gtp_fresh_view_checked_s=g["checked"],
+        gtp_fresh_view_unchecked_s=g["unchecked"],
+        gtp_checksum_overhead=g["checked"] / g["unchecked"] - 1,
+    )
+
+
 def compare(root: str, n: int, cfg: PursuitConfig) -> dict:
     """Build a store of n rows, run every method to k on it; return the summary."""
     t = time.perf_counter()
@@ -188,6 +215,7 @@ def compare(root: str, n: int, cfg: PursuitConfig) -> dict:
     out["gtp_accepted_per_round"] = sels["gtp"].info.get("accepted_per_round")
     out["gradmatch_omp_fill"] = sels["gradmatch_omp"].fill
     out.update(stream_vs_memory(view, b))
+    out.update(verification_cost(cands, b, cfg))
     return out
 
 

@@ -132,7 +132,10 @@ def _store_check(asset: str):
                     f"{key}: {fs.meta.n_rows} rows (expected {n_rows}), {len(fs.missing_chunks())} chunks missing"
                 )
                 continue
-            if not all(np.isfinite(fs.read_chunk(c)).all() for c in range(fs.n_chunks)):
+            corrupt = {c: p for c in range(fs.n_chunks) if (p := fs.chunk_problem(c))}
+            if corrupt:
+                problems.extend(f"{key}: chunk {c} {p}" for c, p in list(corrupt.items())[:3])
+            elif not all(np.isfinite(fs.read_chunk(c)).all() for c in range(fs.n_chunks)):
                 problems.append(f"{key}: non-finite values")
         return dg.AssetCheckResult(
             passed=not problems, metadata={"stores_checked": checked, "problems": "; ".join(problems) or "none"}

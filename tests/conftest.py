@@ -38,3 +38,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def failed_step_attempts(result) -> tuple[int, str]:
+    """(how many times the failing step of a Dagster result ran, the message of its final failure)."""
+    import dagster as dg
+
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    starts = (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED)
+    runs = sum(e.event_type in starts and e.step_key == failure.step_key for e in result.all_events)
+    return runs, failure.step_failure_data.error.message

@@ -59,7 +59,10 @@ def test_single_run_backfill_over_three_checkpoints_writes_three_partitions_in_o
     res["profile"] = ProfileResource(name="tiny", checkpoint_dir=str(user_checkpoints))
     with dg.instance_for_test() as instance:
         dg.materialize(
-            ASSETS, resources=res, instance=instance, selection=["target_examples", "raw_corpus", "corpus_rejects"]
+            ASSETS,
+            resources=res,
+            instance=instance,
+            selection=["target_examples", "target_rejects", "raw_corpus", "corpus_rejects"],
         )
         instance.add_dynamic_partitions(model_checkpoint.name, USER_KEYS)
         tags = {
@@ -86,6 +89,7 @@ def test_nightly_schedule_runs_the_corpus_job():
     job = defs.resolve_job_def("corpus_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "target_examples",
+        "target_rejects",
         "raw_corpus",
         "corpus_rejects",
     }

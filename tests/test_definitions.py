@@ -10,6 +10,7 @@ CONTRACT_ASSETS = {
     "raw_corpus",
     "corpus_rejects",
     "target_examples",
+    "target_rejects",
     "embeddings",
     "clusters",
     "warmup_checkpoints",

@@ -12,7 +12,7 @@ from gtp_pipeline.resources import resources_for_profile
 from gtp_pipeline.resources.profile import ProfileResource
 
 ASSETS = dg.load_assets_from_modules([corpus, clusterclip])
-CORPUS = ["target_examples", "raw_corpus", "corpus_rejects"]
+CORPUS = ["target_examples", "target_rejects", "raw_corpus", "corpus_rejects"]
 EMBEDDINGS = dg.AssetKey("embeddings")
 
 
@@ -67,7 +67,11 @@ def test_reingesting_an_unchanged_corpus_leaves_downstream_fresh_and_unrequested
 
 def test_failing_blocking_check_stops_downstream_assets(tmp_path):
     target = tmp_path / "target.jsonl"
-    rows = [{"prompt": "Same question?", "response": "Same answer.", "split": split} for split in ("dev", "test")]
+    # The same text in dev and test: two subtasks, or the second row would be refused as a duplicate.
+    rows = [
+        {"prompt": "Same question?", "response": "Same answer.", "split": split, "subtask": split}
+        for split in ("dev", "test")
+    ]
     target.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     res = resources(tmp_path)
     res["profile"] = ProfileResource(name="tiny", target_files=[str(target)])
@@ -80,4 +84,4 @@ def test_failing_blocking_check_stops_downstream_assets(tmp_path):
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations["target_splits_disjoint"] is False
     materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"target_examples"}
+    assert materialized == {"target_examples", "target_rejects"}

@@ -1,37 +1,70 @@
-"""Corpus stage: the normalized pool (raw_corpus), every refused row (corpus_rejects), and the target task."""
+"""Corpus stage: the normalized pool (raw_corpus), every refused row (corpus_rejects), and the target task
+(target_examples, with its refused and surplus rows in target_rejects)."""
 
 import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, target_version
 from gtp_pipeline.assets.metadata import counts_table, md_image, md_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.resources.failures import fail_fast
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
 CORPUS_CODE_VERSION = "1"
 
 
-@dg.asset(group_name="corpus", kinds={"polars", "parquet"}, code_version=CORPUS_CODE_VERSION)
-def target_examples(context: dg.AssetExecutionContext, profile: ProfileResource) -> dg.Output:
-    """The target task's dev examples (for target gradients) and its disjoint held-out test split."""
-    from gtp_pipeline.core.targets import load_target, target_frame
+@dg.multi_asset(
+    outs={
+        "target_examples": dg.AssetOut(
+            kinds={"polars", "parquet"},
+            code_version=CORPUS_CODE_VERSION,
+            description="The target task's dev examples (for target gradients) and its disjoint held-out test split.",
+        ),
+        "target_rejects": dg.AssetOut(
+            kinds={"polars", "parquet"},
+            code_version=CORPUS_CODE_VERSION,
+            description="Every target row not among target_examples: refused (with the rule it broke) or surplus.",
+        ),
+    },
+    group_name="corpus",
+)
+def target(context: dg.AssetExecutionContext, profile: ProfileResource):
+    """Read the target task, check each row, split dev/test; every row read lands in exactly one of the two."""
+    from gtp_pipeline.core.corpus import REJECT_COLUMNS, table_version
+    from gtp_pipeline.core.records import RejectReason
+    from gtp_pipeline.core.targets import load_target, refusal_log_lines, target_frame, target_rejects_frame
 
-    spec = profile.settings().target
-    examples, rejects = load_target(spec)
-    frame = target_frame(examples, spec.name)
-    for reject in rejects:
-        context.log.warning(f"target row refused: {reject.origin}:{reject.row} {reject.reason} {reject.detail}")
+    with fail_fast():  # a missing file or an impossible split is a setting to fix: no retry
+        spec = profile.settings().target
+        examples, refused = load_target(spec)
+    frame, rejects = target_frame(examples, spec.name), target_rejects_frame(refused)
+    warning, info = refusal_log_lines(refused)
+    if warning:
+        context.log.warning(warning)
+    if info:
+        context.log.info(info)
     context.log.info(f"target {spec.name}: {frame.height} examples over {frame['subtask'].n_unique()} subtask(s)")
-    return dg.Output(
+    yield dg.Output(
         frame,
+        output_name="target_examples",
         data_version=dg.DataVersion(target_version(frame)),
         metadata={
             "task": spec.name,
             "dev_examples": int((frame["split"] == "dev").sum()),
             "test_examples": int((frame["split"] == "test").sum()),
             "multiple_choice": bool(frame["choices"].list.len().max() or 0),
-            "refused_rows": len(rejects),
+            "refused_rows": int((rejects["reason"] != RejectReason.SURPLUS).sum()),  # surplus rows broke no rule
+            "surplus_rows": int((rejects["reason"] == RejectReason.SURPLUS).sum()),
             "by_subtask_and_split": counts_table(frame, ["subtask", "split"]),
+        },
+    )
+    yield dg.Output(  # every run, even empty, so target_rejects always describes the current target_examples
+        rejects,
+        output_name="target_rejects",
+        data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
+        metadata={
+            "rows_refused": rejects.height,
+            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else md_table([]),
         },
     )
 
@@ -59,13 +92,31 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
     from gtp_pipeline.core.corpus import REJECT_COLUMNS, build_corpus, prompt_key, table_version
     from gtp_pipeline.core.plots import histogram_png
     from gtp_pipeline.core.pool import read_pool
+    from gtp_pipeline.core.records import Reject, RejectReason, summarize_rejects
 
-    settings = profile.settings()
-    target_prompts = frozenset(prompt_key(p) for p in target_examples["prompt"])
-    built = build_corpus(read_pool(settings.pool), settings.corpus, target_prompts)
+    with fail_fast():  # a missing corpus file is a setting to fix: no retry
+        settings = profile.settings()
+        target_prompts = frozenset(prompt_key(p) for p in target_examples["prompt"])
+        built = build_corpus(read_pool(settings.pool), settings.corpus, target_prompts)
     pool, rejects = built.corpus, built.rejects
+    refused = [Reject(**row) for row in rejects.to_dicts()]
+    if unreadable := [r for r in refused if r.reason == RejectReason.UNREADABLE_FILE]:
+        context.log.warning(f"files that could not be read, see corpus_rejects: {summarize_rejects(unreadable)}")
+    yield dg.Output(  # first, so that it exists for the user to read even when the pool turns out empty
+        rejects,
+        output_name="corpus_rejects",
+        data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
+        metadata={
+            "rows_refused": rejects.height,
+            "refused_share": round(rejects.height / max(built.n_read, 1), 4),
+            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else md_table([]),
+            "by_source_and_reason": counts_table(rejects, ["source", "reason"]) if rejects.height else md_table([]),
+        },
+    )
     if pool.height == 0:
-        raise ValueError(f"no valid examples among {built.n_read} rows read; see corpus_rejects for why")
+        raise dg.Failure(
+            f"no valid examples among {built.n_read} rows read; {summarize_rejects(refused)}", allow_retries=False
+        )
     context.log.info(
         f"read {built.n_read} rows: {pool.height} examples, {rejects.height} refused "
         f"({built.n_duplicates} duplicates, {built.n_contaminated} contaminated)"
@@ -90,17 +141,6 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
             "by_source_and_task": counts_table(pool, ["source", "task"]),
             "n_tokens": md_table([_length_summary(pool["n_tokens"])]),
             "n_tokens_histogram": md_image(histogram, "n_tokens histogram"),
-        },
-    )
-    yield dg.Output(
-        rejects,
-        output_name="corpus_rejects",
-        data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
-        metadata={
-            "rows_refused": rejects.height,
-            "refused_share": round(rejects.height / max(built.n_read, 1), 4),
-            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else md_table([]),
-            "by_source_and_reason": counts_table(rejects, ["source", "reason"]) if rejects.height else md_table([]),
         },
     )
 

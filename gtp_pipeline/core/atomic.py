@@ -14,7 +14,10 @@ Both stay cheap to import: universal-pathlib is only touched for URLs.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -49,6 +52,50 @@ def is_local(path: AnyPath) -> bool:
     return isinstance(path, Path)
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_sibling(path: Path) -> Path:
+    """A temp name beside `path`, unique to this writer: `.<name>.<host>-<pid>-<random>.tmp`.
+
+    Unique so that two writers of the same file never share (and never rename away) each other's temp file; the
+    host and pid let `remove_stale_temps` tell a temp left by a killed writer from one being written right now.
+    """
+    return path.with_name(f".{path.name}.{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove temp siblings of `path` (files or folders) left by writers on this host that no longer run.
+
+    Temps of live processes, and of other hosts sharing the folder, are left alone. Returns what was removed.
+    """
+    removed = []
+    host = _host_tag()
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f".{path.name}.{host}-*.tmp"):
+        pid = tmp.name[len(f".{path.name}.{host}-") :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def atomic_write(path: str | Path | AnyPath, write: Callable[[Path], Any]) -> AnyPath:
     """Call `write(tmp_path)` with a local temp path, then publish it at `path` in one atomic step.
 
@@ -57,7 +104,7 @@ def atomic_write(path: str | Path | AnyPath, write: Callable[[Path], Any]) -> An
     path = storage_path(path)
     if is_local(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = temp_sibling(path)
         try:
             write(tmp)
             os.replace(tmp, path)

@@ -4,8 +4,11 @@ Rules, in order (first failure wins, and names the reason):
   1. a record the reader could not decode keeps its reader error (invalid_utf8, malformed_json, ...);
   2. the shape must be prompt/response or chat `messages` (unknown_schema, missing_field, wrong_type,
      bad_messages);
-  3. text is NFC-normalized and stripped; it must be non-empty (empty_text), encodable as UTF-8
-     (invalid_utf8: lone surrogates from JSON escapes) and at most `max_chars` long (too_long);
+  3. text is NFC-normalized and stripped; it must have a visible character (empty_text: empty, or only
+     whitespace and zero-width/format characters), no NUL or other C0 control character except tab, line
+     feed, carriage return and form feed (control_character: "\u0000" in JSON decodes to a NUL that C
+     tools and tokenizers treat as an end of text), be encodable as UTF-8 (invalid_utf8: lone surrogates
+     from JSON escapes) and at most `max_chars` long (too_long);
   4. a prompt that is one of the target task's prompts is target contamination: refused or flagged;
   5. an exact duplicate (same prompt and response) of an earlier example is refused or flagged.
 
@@ -29,6 +32,10 @@ from gtp_pipeline.core.records import Example, RawRecord, Reject, RejectReason
 USER_ROLES = ("user", "human")
 ASSISTANT_ROLES = ("assistant", "gpt", "model")
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
+# Invisible: whitespace, and the format characters people paste by accident (zero-width space/joiners, word joiner,
+# BOM, soft hyphen, bidi marks). Text with nothing else is empty.
+_VISIBLE_RE = re.compile("[^\\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")  # C0 controls and DEL, but not \t \n \f \r
 
 CORPUS_COLUMNS = (
     "example_id",
@@ -71,8 +78,24 @@ def count_tokens(text: str) -> int:
     return len(_WORD_RE.findall(text))
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
+
+
+def text_problem(name: str, text: str) -> tuple[str, str] | None:
+    """(reason, detail) when cleaned `text` breaks rule 3 of the module docstring (length aside), else None."""
+    if not _VISIBLE_RE.search(text):
+        return RejectReason.EMPTY_TEXT, f"{name} is empty" if not text else f"{name} has no visible character"
+    if control := _CONTROL_RE.search(text):
+        return (
+            RejectReason.CONTROL_CHARACTER,
+            f"{name} holds control character U+{ord(control.group()):04X} at position {control.start()}",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return RejectReason.INVALID_UTF8, f"{name}: unpaired surrogate at position {err.start}"
+    return None
 
 
 def _optional_str(fields: dict[str, Any], key: str) -> tuple[str | None, str | None]:
@@ -139,14 +162,10 @@ def normalize(record: RawRecord, max_chars: int) -> Example | Reject:
         extras[key], problem = _optional_str(fields, key)
         if problem:
             return reject(RejectReason.WRONG_TYPE, problem)
-    prompt, response = _clean(prompt), _clean(response)
-    if not prompt or not response:
-        return reject(RejectReason.EMPTY_TEXT, "prompt is empty" if not prompt else "response is empty")
-    try:
-        prompt.encode("utf-8")
-        response.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return reject(RejectReason.INVALID_UTF8, f"unpaired surrogate at position {err.start}")
+    prompt, response = clean_text(prompt), clean_text(response)
+    for name, text in (("prompt", prompt), ("response", response)):
+        if problem := text_problem(name, text):
+            return reject(*problem)
     if len(prompt) + len(response) > max_chars:
         return reject(RejectReason.TOO_LONG, f"{len(prompt) + len(response)} chars > max_chars={max_chars}")
     source = extras["source"] or record.source

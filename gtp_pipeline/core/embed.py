@@ -168,7 +168,7 @@ def embed_into_store(
         identity={**embedder.identity(), "text_format": TEXT_FORMAT, **(identity or {})},
     )
     store = FeatureStore.create_or_open(store_path, meta, example_ids)
-    missing = store.missing_chunks()
+    missing = store.chunks_to_write()  # not done, or done but failing its checksum
     total = store.n_chunks
     skipped = total - len(missing)
     if skipped:

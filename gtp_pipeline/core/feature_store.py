@@ -6,10 +6,16 @@ NaN), and the store's identity in its attrs. It backs the gradient features of e
 (candidates and targets) and the embeddings.
 
 Resume follows TRAK's savers and DataTrove's completions: a chunk is written first, then a marker file
-`done/<chunk>` is created atomically, so `missing_chunks()` is all a rerun needs and a killed run loses
-at most the chunk it was writing. Reopening compares every identity key (model, checkpoint, projection
-seed and dimension, feature type, example ids, ...) with what the caller expects and raises
-`StoreMismatchError` on any difference: two runs are never mixed in one store.
+`done/<chunk>` is created atomically, so a killed run loses at most the chunk it was writing. Reopening
+compares every identity key (model, checkpoint, projection seed and dimension, feature type, example ids,
+...) with what the caller expects and raises `StoreMismatchError` on any difference: two runs are never
+mixed in one store.
+
+What is read back is verified. The marker records the CRC32C of the chunk's raw file and of its `valid`
+flags (`ChunkRecord`); `read_chunk` and the pursuit's mapped reads (core/trajectory.py) check the file
+against it and raise `StoreCorruptError` naming the store, the chunk and what differs, and a resume
+(`chunks_to_write`) checks every finished chunk and recomputes the ones that fail. A marker without a
+checksum (written before checksums were kept) counts as unverifiable: recomputed on resume, refused on read.
 
 Chunks are stored uncompressed (gradient features do not compress), so a chunk file is exactly the
 raw little-endian array and `read_chunk` can read it with one `np.fromfile` instead of going through
@@ -24,7 +30,8 @@ Where a store lives (core/atomic.py `storage_path`), two implementations of the 
   is one object written with one PUT (atomic), completion is one listing of `done/`, and chunks are read with one
   GET of the raw chunk object.
 Shards write disjoint chunks, and `valid` is chunked like the features, so concurrent writers never touch the
-same object.
+same object; two writers of the same chunk (a retried shard beside its first attempt) each write through their own
+temp names and publish identical bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from gtp_pipeline.core.atomic import AnyPath, is_local, storage_path
+from gtp_pipeline.core.atomic import AnyPath, is_local, remove_stale_temps, storage_path, temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,63 @@ class StoreMismatchError(ValueError):
 
 class StoreIncompleteError(RuntimeError):
     """A reader asked for a store (or chunk) that has not been fully written."""
+
+
+class StoreCorruptError(RuntimeError):
+    """A finished chunk's bytes differ from what its done-marker recorded when it was written."""
+
+    def __init__(self, path: AnyPath, chunk: int, problem: str):
+        self.path, self.chunk, self.problem = str(path), chunk, problem
+        super().__init__(
+            f"chunk {chunk} of store {path} is corrupt: {problem}. Rerun the asset that wrote it: a resume "
+            f"recomputes every chunk that fails its checksum."
+        )
+
+
+def checksum(data: Any) -> int:
+    """CRC32C of a buffer (bytes, a C-contiguous array, a memory map), read in place."""
+    import crc32c
+
+    return crc32c.crc32c(data)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """What a done-marker records about its chunk: the size and CRC32C of the raw file and of the valid flags."""
+
+    features_bytes: int
+    features_crc32c: int
+    valid_crc32c: int  # of the chunk's rows' flags as one byte per row (0/1)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> ChunkRecord | None:
+        """The record in a marker's bytes; None for a marker that records no checksum (an older version's)."""
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError):
+            return None
+
+    def problem_with(self, features: Any, valid: np.ndarray | None = None) -> str | None:
+        """What differs between this record and the bytes read back (None: nothing)."""
+        n = memoryview(features).nbytes
+        if n != self.features_bytes:
+            return f"its features file has {n} bytes where {self.features_bytes} were written"
+        crc = checksum(features)
+        if crc != self.features_crc32c:
+            return f"its features file has CRC32C {crc:#010x} where {self.features_crc32c:#010x} was written"
+        return None if valid is None else self.valid_problem(valid)
+
+    def valid_problem(self, valid: np.ndarray) -> str | None:
+        if (crc := _valid_crc(valid)) != self.valid_crc32c:
+            return f"its valid flags have CRC32C {crc:#010x} where {self.valid_crc32c:#010x} was written"
+        return None
+
+
+def _valid_crc(valid: np.ndarray) -> int:
+    return checksum(np.ascontiguousarray(valid, dtype=np.uint8))
 
 
 @dataclass(frozen=True)
@@ -146,7 +209,9 @@ class FeatureStore:
             return cls._create_remote(path, meta, example_ids)
         # Build the store under a temp name and rename it into place: workers that create the same store at
         # once (gradient shards) race on the rename, and the losers open the winner's store and compare.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        for stale in remove_stale_temps(path):  # left by a creator killed mid-way
+            logger.info("removed %s, left by a store creation that was killed", stale)
+        tmp = temp_sibling(path)
         _init_group(_open_group(tmp, "w"), meta, example_ids, overwrite=True)
         (tmp / "done").mkdir(exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +291,12 @@ class FeatureStore:
         return not self.missing_chunks()
 
     def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray) -> None:
-        """Write one chunk's rows, then mark it done. Invalid rows must be zero (never NaN)."""
+        """Write one chunk's rows, then mark it done with their checksums. Invalid rows must be zero (never NaN).
+
+        The raw chunk file is written here rather than through Zarr (same key, same bytes: uncompressed,
+        little-endian, padded to chunk_rows), so its checksum is of exactly what lands on disk and it is
+        published by one rename (local) or one PUT (object store), under a temp name of this writer's own.
+        """
         start, stop = self.chunk_bounds(chunk)
         if features.shape != (stop - start, self.meta.dim):
             raise ValueError(
@@ -238,16 +308,96 @@ class FeatureStore:
         rows = np.asarray(features, dtype=self.meta.dtype)
         if not np.isfinite(rows[valid]).all():
             raise ValueError(f"chunk {chunk} has non-finite features in rows marked valid")
-        rows = np.where(valid[:, None], rows, 0).astype(self.meta.dtype)
-        self._features[start:stop] = rows
+        raw = np.zeros((self.meta.chunk_rows, self.meta.dim), dtype=np.dtype(self.meta.dtype).newbyteorder("<"))
+        raw[: stop - start] = np.where(valid[:, None], rows, 0)  # Zarr pads the last chunk with the fill value 0
+        record = ChunkRecord(raw.nbytes, checksum(raw), _valid_crc(valid))
+        self._publish(self._chunk_path(chunk), raw)
         self._group["valid"][start:stop] = valid
-        marker = self._marker(chunk)
+        self._publish(self._marker(chunk), record.to_bytes())  # the chunk counts as written only once this lands
+
+    def _chunk_path(self, chunk: int) -> AnyPath:
+        return self.path / "features" / "c" / str(chunk) / "0"  # the file chunk_file() names, as a (U)Path
+
+    def _publish(self, path: AnyPath, data: Any) -> None:
+        """Make `path` hold `data` in one atomic step: temp + rename (local), one PUT (object store)."""
         if not self.is_local:
-            marker.fs.pipe_file(marker.path, b"")  # one PUT, after the chunk's own PUTs returned
+            path.fs.pipe_file(path.path, bytes(memoryview(data).cast("B")))
             return
-        tmp = marker.with_suffix(".tmp")
-        tmp.touch()
-        os.replace(tmp, marker)  # the chunk counts as written only once this rename lands
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(memoryview(data).cast("B"))
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    # --- verification -------------------------------------------------------------------------------
+    def chunk_record(self, chunk: int) -> ChunkRecord | None:
+        """The checksums chunk `chunk`'s marker recorded; None if it records none. Raises if it is not done."""
+        marker = self._marker(chunk)
+        try:
+            if self.is_local:
+                with open(os.path.join(str(self.path), "done", f"{chunk:07d}"), "rb") as fh:
+                    data = fh.read()
+            else:
+                data = marker.fs.cat_file(marker.path)
+        except FileNotFoundError:
+            raise StoreIncompleteError(
+                f"chunk {chunk} of {self.path} has not been written; rerun the asset that fills it"
+            ) from None
+        return ChunkRecord.parse(data)
+
+    def _verified_record(self, chunk: int) -> ChunkRecord:
+        record = self.chunk_record(chunk)
+        if record is None:
+            raise StoreCorruptError(
+                self.path, chunk, "its done-marker records no checksum (written before checksums were kept)"
+            )
+        return record
+
+    def verify(self, chunk: int, features: Any, valid: np.ndarray | None = None) -> None:
+        """Raise StoreCorruptError unless `features` (the raw chunk file's bytes as read) match the marker."""
+        problem = self._verified_record(chunk).problem_with(features, valid)
+        if problem:
+            raise StoreCorruptError(self.path, chunk, problem)
+
+    def chunk_problem(self, chunk: int) -> str | None:
+        """Why finished chunk `chunk` fails verification (file and valid flags read back in full), or None."""
+        try:
+            features = self._read_raw(chunk)
+        except FileNotFoundError:
+            return "its features file is missing"
+        try:
+            valid = self._group["valid"][slice(*self.chunk_bounds(chunk))]
+        except Exception as err:  # a damaged compressed chunk raises whatever its codec raises
+            return f"its valid flags cannot be read ({type(err).__name__}: {err})"
+        try:
+            self.verify(chunk, features, valid)
+        except StoreCorruptError as err:
+            return err.problem
+        return None
+
+    def chunks_to_write(self, chunks: Sequence[int] | None = None) -> list[int]:
+        """Chunks (of `chunks`, default all) a resume must compute: not done, or done but failing verification.
+
+        Reads every finished chunk once. A failing chunk is logged and its marker removed, so a run killed while
+        recomputing it leaves it plainly missing.
+        """
+        todo = []
+        for c in range(self.n_chunks) if chunks is None else chunks:
+            if not self.is_chunk_done(c):
+                todo.append(c)
+            elif (problem := self.chunk_problem(c)) is not None:
+                logger.warning("store %s: chunk %d is recomputed: %s", self.path, c, problem)
+                marker = self._marker(c)
+                if self.is_local:
+                    marker.unlink(missing_ok=True)
+                else:
+                    marker.fs.rm_file(marker.path)
+                todo.append(c)
+        return todo
 
     # --- reading --------------------------------------------------------------------------------
     def _require(self, chunk: int) -> None:
@@ -256,32 +406,45 @@ class FeatureStore:
                 f"chunk {chunk} of {self.path} has not been written; rerun the asset that fills it"
             )
 
-    def read_chunk(self, chunk: int) -> np.ndarray:
-        """One chunk's rows as fp16 (rows x dim), read straight from its raw chunk file."""
-        self._require(chunk)
-        start, stop = self.chunk_bounds(chunk)
-        chunk_file = self.path / "features" / "c" / str(chunk) / "0"  # the file chunk_file() names, as a UPath
+    def _read_raw(self, chunk: int) -> np.ndarray:
+        """Chunk `chunk`'s raw file as a flat fp16 array (padded to chunk_rows), unverified."""
         dtype = np.dtype(self.meta.dtype).newbyteorder("<")
         if self.is_local:
-            data = np.fromfile(chunk_file, dtype=dtype)
-        else:  # one GET of the raw chunk object
-            data = np.frombuffer(bytearray(chunk_file.fs.cat_file(chunk_file.path)), dtype=dtype)
+            return np.fromfile(self.chunk_file(chunk), dtype=dtype)
+        chunk_file = self._chunk_path(chunk)  # one GET of the raw chunk object
+        return np.frombuffer(bytearray(chunk_file.fs.cat_file(chunk_file.path)), dtype=dtype)
+
+    def read_chunk(self, chunk: int) -> np.ndarray:
+        """One chunk's rows as fp16 (rows x dim), read straight from its raw chunk file and verified."""
+        self._require(chunk)
+        start, stop = self.chunk_bounds(chunk)
+        try:
+            data = self._read_raw(chunk)
+        except FileNotFoundError:
+            raise StoreCorruptError(self.path, chunk, "its features file is missing") from None
+        self.verify(chunk, data)
         # Zarr pads the last chunk to full size on disk; keep only the real rows.
         return data.reshape(self.meta.chunk_rows, self.meta.dim)[: stop - start]
 
     def read_rows(self, rows: np.ndarray | slice) -> np.ndarray:
-        """Arbitrary rows (e.g. the pursuit's support) as fp16, via Zarr."""
-        if isinstance(rows, slice):
-            return self._features[rows]
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows)
+        """Arbitrary rows (e.g. k-means seeds) as fp16, from verified chunks."""
+        rows = np.arange(self.meta.n_rows)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.meta.dim), dtype=self.meta.dtype)
-        if len(rows):
-            out[order] = self._features.get_orthogonal_selection((rows[order], slice(None)))
+        chunk_of = rows // self.meta.chunk_rows
+        for c in np.unique(chunk_of).tolist():
+            sel = np.flatnonzero(chunk_of == c)
+            out[sel] = self.read_chunk(c)[rows[sel] - c * self.meta.chunk_rows]
         return out
 
     def valid_mask(self) -> np.ndarray:
-        return self._group["valid"][:]
+        """(n_rows,) validity flags; those of finished chunks are verified against their markers."""
+        valid = self._group["valid"][:]
+        done = set(range(self.n_chunks)) - set(self.missing_chunks())
+        for c in sorted(done):
+            problem = self._verified_record(c).valid_problem(valid[slice(*self.chunk_bounds(c))])
+            if problem:
+                raise StoreCorruptError(self.path, c, problem)
+        return valid
 
     def example_ids(self) -> np.ndarray:
         return np.asarray(self._group["example_id"][:], dtype=object)

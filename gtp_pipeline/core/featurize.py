@@ -335,7 +335,7 @@ def featurize(
     in_scope = np.zeros(len(examples), dtype=bool)  # (n,) rows this call reports on
     for c in scope:
         in_scope[slice(*store.chunk_bounds(c))] = True
-    missing = [c for c in store.missing_chunks() if c in set(scope)]
+    missing = store.chunks_to_write(scope)  # not done, or done but failing its checksum
     invalid: dict[int, str] = {i: e.reason for i, e in enumerate(encoded) if isinstance(e, Excluded) and in_scope[i]}
     rows_to_do = sum(store.chunk_bounds(c)[1] - store.chunk_bounds(c)[0] for c in missing)
     t_grad = t_proj = 0.0

@@ -14,7 +14,8 @@ Sources (README: Data and licenses):
     it to fp32 (~16 s); `save_pretrained` refuses a GGUF-loaded model, so a clean `LlamaForCausalLM` is
     rebuilt from its config and state dict and cached as a safetensors HF folder keyed by the GGUF's sha256
     (written to a temp folder, then renamed). Later loads read the folder (~2 s).
-  - `hf_folder_model`: any local HF causal-LM folder (`local_files_only`, never `trust_remote_code`).
+  - `hf_folder_model`: any local HF causal-LM folder (`local_files_only`, never `trust_remote_code`; a folder that
+    would need its own code is refused before transformers reads it, `remote_code_reason`).
 
 `pick_device("auto")` is cuda when available, else cpu.
 """
@@ -34,6 +35,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gtp_pipeline.core.config_errors import ConfigurationError
+
 # Nothing in this module may reach a model hub: fail fast instead of retrying a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,6 +51,10 @@ _SOURCE_FILE = "gtp_source.json"  # written into a converted folder: where it ca
 
 class ModelSourceError(RuntimeError):
     """A model could not be located or loaded offline."""
+
+
+class ModelFolderError(ConfigurationError, ModelSourceError):
+    """The model folder a setting names is missing, not a model, or would need to run its own code."""
 
 
 class LoadedModel(NamedTuple):
@@ -209,8 +216,17 @@ def hf_folder_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"{path} is not a folder", value=str(path))
     if not (path / "config.json").is_file():
-        raise ModelSourceError(f"{path} is not a HF model folder (no config.json)")
+        raise ModelFolderError(f"{path} is not a HF model folder (no config.json)", value=str(path))
+    refusal = remote_code_reason(path)
+    if refusal:
+        raise ModelFolderError(
+            f"{path} {refusal}; gtp_pipeline never runs code shipped in a model folder (trust_remote_code=False). "
+            f"Use a folder whose architecture transformers implements itself.",
+            value=str(path),
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
@@ -227,6 +243,39 @@ def hf_folder_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     if dtype != torch.float32:
         model_id += f"-{str(dtype).removeprefix('torch.')}"
     return LoadedModel(model, tokenizer, model_id)
+
+
+def remote_code_reason(path: Path) -> str | None:
+    """Why loading the folder at `path` would need code shipped in it (None: transformers' own code suffices).
+
+    Checked before transformers is asked, because transformers answers such a folder with an interactive
+    "[y/N]" prompt in some code paths (a hang in a pipeline run) and an error in others. A folder that declares
+    `auto_map` but whose model_type and tokenizer class transformers implements loads with transformers' code.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    def read(name: str) -> dict:
+        file = path / name
+        if not file.is_file():
+            return {}
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ModelFolderError(f"{file} is not valid JSON ({err})", value=str(path)) from None
+        if not isinstance(data, dict):
+            raise ModelFolderError(f"{file} is not a JSON object", value=str(path))
+        return data
+
+    config, tok = read("config.json"), read("tokenizer_config.json")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        custom = " and ships its own code (auto_map)" if "auto_map" in config else ""
+        return f"has model_type {model_type!r}, which transformers does not implement{custom}"
+    tok_class = tok.get("tokenizer_class")
+    if "auto_map" in tok and isinstance(tok_class, str) and tokenizer_class_from_name(tok_class) is None:
+        return f"has tokenizer class {tok_class!r}, which only the folder's own code (auto_map) defines"
+    return None
 
 
 def gguf_model(gguf_path: str | Path | None = None, cache_dir: str | Path | None = None) -> LoadedModel:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from gtp_pipeline.core import packaged
+from gtp_pipeline.core.config_errors import require_files
 from gtp_pipeline.core.records import RawRecord
 from gtp_pipeline.core.user_files import read_user_files
 
@@ -14,6 +15,7 @@ def read_pool(sources: Iterable, data_root: Path | None = None) -> Iterator[RawR
     """Yield the raw records of each `SourceSpec` (see core.profiles) in order."""
     for spec in sources:
         if spec.kind == "files":
+            require_files(spec.files, "GTP_CORPUS_FILES")  # a missing file is a setting to fix, not a row to refuse
             yield from read_user_files(spec.files)
         elif spec.kind == "sharegpt":
             yield from packaged.sharegpt(limit=spec.limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.corpus import CorpusConfig
 from gtp_pipeline.core.targets import TargetSpec
 
@@ -190,12 +191,29 @@ def finetune_runs(profile: Profile) -> list[str]:
     return [f"{m}-{budget_label(b)}" for m in FINETUNE_METHODS for b in profile.budgets.budgets] + ["full"]
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigurationError):
     """An unknown profile, or a full profile with nothing to read."""
 
 
-def _split_paths(value: str | None) -> tuple[str, ...]:
-    return tuple(p for p in (value or "").replace(",", os.pathsep).split(os.pathsep) if p.strip())
+def split_paths(value: str | None, setting: str = "a list of paths") -> tuple[str, ...]:
+    """The files a path-list setting names: separated by ':' or ',', or a JSON array of strings.
+
+    The JSON form is for names that contain ':' or ',' themselves: GTP_CORPUS_FILES='["a,b.jsonl", "c.jsonl"]'.
+    """
+    value = (value or "").strip()
+    if value.startswith("["):
+        import json
+
+        try:
+            paths = json.loads(value)
+        except ValueError as err:
+            raise ConfigurationError(
+                f"looks like a JSON array but is not valid JSON ({err})", setting, value
+            ) from None
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ConfigurationError("a JSON array here must hold non-empty strings (file paths)", setting, value)
+        return tuple(paths)
+    return tuple(p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip())
 
 
 def get_profile(
@@ -227,7 +245,8 @@ def get_profile(
         profile = replace(profile, target=replace(profile.target, name=target_task, kind=kind, tasks=(target_task,)))
     if not profile.pool:
         raise ProfileError(
-            "profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',')"
+            "profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',', or a JSON "
+            "array of paths)"
         )
     if profile.target.kind == "files" and not profile.target.files:
         raise ProfileError(
@@ -240,7 +259,7 @@ def profile_from_env() -> Profile:
     """The profile GTP_PROFILE names (default demo), with GTP_CORPUS_FILES / GTP_TARGET_* applied."""
     return get_profile(
         os.environ.get(PROFILE_ENV, DEFAULT_PROFILE),
-        corpus_files=_split_paths(os.environ.get("GTP_CORPUS_FILES")),
-        target_files=_split_paths(os.environ.get("GTP_TARGET_FILES")),
+        corpus_files=split_paths(os.environ.get("GTP_CORPUS_FILES"), "GTP_CORPUS_FILES"),
+        target_files=split_paths(os.environ.get("GTP_TARGET_FILES"), "GTP_TARGET_FILES"),
         target_task=os.environ.get("GTP_TARGET_TASK") or None,
     )

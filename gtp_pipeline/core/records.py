@@ -7,6 +7,8 @@ and puts the validation rules in one place.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ class RawRecord:
 
 
 class RejectReason:
-    """Reason codes in `corpus_rejects.reason`; one constant per way a row can be refused."""
+    """Reason codes in `corpus_rejects.reason` and `target_rejects.reason`; one constant per way a row is refused."""
 
     UNREADABLE_FILE = "unreadable_file"  # the file itself could not be opened or parsed
     INVALID_UTF8 = "invalid_utf8"
@@ -43,10 +45,15 @@ class RejectReason:
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
     BAD_MESSAGES = "bad_messages"  # a messages list without a user turn followed by an assistant turn
-    EMPTY_TEXT = "empty_text"
+    EMPTY_TEXT = "empty_text"  # nothing visible: empty, whitespace or zero-width characters only
+    CONTROL_CHARACTER = "control_character"  # NUL or another C0 control character (tab and line breaks are text)
     TOO_LONG = "too_long"
     DUPLICATE = "duplicate"  # exact duplicate of an earlier example, dropped by config
     TARGET_CONTAMINATION = "target_contamination"  # the prompt is one of the target task's prompts
+    # Target rows only:
+    BAD_VALUE = "bad_value"  # the right type, not an allowed value (an unknown split, answer_index out of range)
+    RESPONSE_MISMATCH = "response_mismatch"  # a response that is not the choice answer_index marks
+    SURPLUS = "surplus"  # valid, but beyond the n_dev + n_test rows the seeded split draws for its subtask
 
     ALL = (
         UNREADABLE_FILE,
@@ -58,9 +65,13 @@ class RejectReason:
         WRONG_TYPE,
         BAD_MESSAGES,
         EMPTY_TEXT,
+        CONTROL_CHARACTER,
         TOO_LONG,
         DUPLICATE,
         TARGET_CONTAMINATION,
+        BAD_VALUE,
+        RESPONSE_MISMATCH,
+        SURPLUS,
     )
 
 
@@ -86,6 +97,14 @@ class Reject:
     row: int
     reason: str
     detail: str = ""
+
+
+def summarize_rejects(rejects: Sequence[Reject], first: int = 5) -> str:
+    """Counts by reason and the first few rows (origin:row reason detail): one line, whatever the number of rows."""
+    counts = ", ".join(f"{reason}: {n}" for reason, n in Counter(r.reason for r in rejects).most_common())
+    shown = "; ".join(f"{r.origin}:{r.row} {r.reason} {r.detail}" for r in rejects[:first])
+    more = f"; ... {len(rejects) - first} more" if len(rejects) > first else ""
+    return f"{len(rejects)} row(s) refused ({counts}): {shown}{more}"
 
 
 @dataclass(frozen=True, slots=True)

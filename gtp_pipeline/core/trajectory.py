@@ -15,7 +15,8 @@ Implementations of `Trajectories` (all a pursuit ever sees):
   previous chunk is multiplied; its fp16 rows are converted to fp32 in cache-sized blocks by torch (numpy's fp16
   arithmetic is ~40x slower than fp32 BLAS, and torch's fp16 mv rounds its output to fp16) and multiplied per
   checkpoint block; row norms are applied to the scores, not to the data (computed on the first pass, cached as
-  T x N floats). Private memory: a conversion block, the scores of one chunk and the m rows a scan returns; the
+  T x N floats). A view checks each chunk file against its recorded CRC32C on its first read (in the prefetch thread,
+  beside the multiply; core/feature_store.py). Private memory: a conversion block, the scores of one chunk and the m rows a scan returns; the
   mapped chunks are the OS page cache, two per checkpoint at a time, whatever N is. With `device="cuda"` each chunk
   is copied through a pinned buffer to the GPU and converted and multiplied there, a whole chunk at a time (the
   same scores within fp32 rounding; device memory: one chunk). The GPU's work is then negligible and the pass is
@@ -266,7 +267,9 @@ def check_compatible(stores: Sequence[FeatureStore], what: str) -> None:
             raise TrajectoryMismatchError(f"{what} store {st.path} is incomplete: chunks {st.missing_chunks()[:5]}...")
 
 
-def map_chunk(store: FeatureStore, chunk: int, populate: bool = True, known_done: bool = False) -> np.ndarray:
+def map_chunk(
+    store: FeatureStore, chunk: int, populate: bool = True, known_done: bool = False, verify: bool = True
+) -> np.ndarray:
     """Chunk `chunk` of `store` as a read-only fp16 (rows, d) array mapped from its raw chunk file, without a copy.
 
     The same file FeatureStore.read_chunk reads (uncompressed, padded to chunk_rows). Mapping it instead of reading
@@ -277,6 +280,8 @@ def map_chunk(store: FeatureStore, chunk: int, populate: bool = True, known_done
     that way against 21-23.5 s with the hint (docs/BENCHMARKS.md). Falls back to read_chunk when the file is not
     the raw array this expects.
     `known_done`: the caller has checked the store is complete (a view does, once), so skip the marker check.
+    `verify`: check the mapped bytes against the chunk's recorded CRC32C (StoreCorruptError if they differ); a view
+    verifies each chunk on its first read and trusts the same file on later passes.
     """
     if not known_done and not store.is_chunk_done(chunk):
         raise StoreIncompleteError(
@@ -294,12 +299,16 @@ def map_chunk(store: FeatureStore, chunk: int, populate: bool = True, known_done
     except (OSError, ValueError):
         return store.read_chunk(chunk)
     if len(buf) != store.meta.chunk_rows * store.meta.dim * dtype.itemsize:
-        return store.read_chunk(chunk)
+        return store.read_chunk(chunk)  # raises StoreCorruptError naming the size
+    if verify:
+        store.verify(chunk, buf)
     return np.frombuffer(buf, dtype=dtype).reshape(store.meta.chunk_rows, store.meta.dim)[: stop - start]
 
 
 def read_chunk_rows(store: FeatureStore, chunk: int, local: np.ndarray) -> np.ndarray:
     """Rows `local` (sorted, within the chunk) of chunk `chunk` of a complete store as fp16 (n, d), one pread per row.
+
+    Unverified: callers read rows of a chunk they have already read whole (and verified) in the same view.
 
     For the few thousand rows a scan keeps: faulting them in through a fresh mapping cost 3x more (a page fault per
     row, plus the mmap calls). Falls back to map_chunk when the file is not the raw array this expects.
@@ -389,6 +398,7 @@ class StoreTrajectories(Trajectories):
         prefetch: bool = True,  # open chunk c+1 on a helper thread while chunk c is multiplied
         mapped: bool = True,  # map chunk files (no copy) instead of FeatureStore.read_chunk (np.fromfile)
         device: str | torch.device | None = None,  # None: the CPU pass below; else convert + multiply there
+        verify: bool = True,  # check each chunk's CRC32C on its first read (False only to measure what that costs)
     ):  # mapping needs files on this machine: stores on an fsspec location are read chunk by chunk
         check_compatible(stores, "candidate")
         self.stores, self.w = list(stores), normalize_lr_weights(lr_weights)
@@ -410,6 +420,7 @@ class StoreTrajectories(Trajectories):
         self._valid = valid & in_range
         self._inv = np.zeros((self.n_checkpoints, self.n_rows), dtype=np.float32)  # (T, N) 1/|row|, filled lazily
         self._normed = np.zeros(self.stores[0].n_chunks, dtype=bool)
+        self._verified = np.full(self.stores[0].n_chunks, not verify)  # chunks whose files passed their checksums
         self._buf = torch.empty(block_rows, self.d)  # (block_rows, d) fp32 conversion buffer
         self.device = None if device is None else torch.device(device)
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
@@ -429,9 +440,11 @@ class StoreTrajectories(Trajectories):
 
     # --- the pass -----------------------------------------------------------------------------------
     def _read(self, c: int, populate: bool = True) -> list[np.ndarray]:
-        if self.mapped:
-            return [map_chunk(st, c, populate, known_done=True) for st in self.stores]  # T x (rows, d) fp16
-        return [st.read_chunk(c) for st in self.stores]
+        if self.mapped:  # verified on the first read only: later passes map the same, unchanged files
+            blocks = [map_chunk(st, c, populate, known_done=True, verify=not self._verified[c]) for st in self.stores]
+            self._verified[c] = True
+            return blocks  # T x (rows, d) fp16
+        return [st.read_chunk(c) for st in self.stores]  # read_chunk verifies every read
 
     def _iter_chunks(self) -> Iterator[tuple[int, int, int, list[np.ndarray]]]:
         chunks = list(self.chunks)

@@ -10,6 +10,7 @@ Accepted row shapes (checked later, in `core.corpus.normalize`):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -19,31 +20,31 @@ SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet":
 
 
 def read_jsonl(path: str | Path, source: str | None = None) -> Iterator[RawRecord]:
-    """Yield one record per non-blank line of a JSONL file; `row` is the 1-based line number."""
+    """Yield one record per non-blank line of a JSONL file; `row` is the 1-based line number.
+
+    Lines end at "\n", "\r\n" or a lone "\r" (old Mac files): JSON text cannot hold a raw CR, so a CR is always a
+    line break. Bytes that are not UTF-8 are decoded as lone surrogates (`surrogateescape`), which valid UTF-8 never
+    yields, so such a line is reported by itself instead of failing the file.
+    """
     path = Path(path)
     src = source or path.stem
     try:
-        handle = open(path, "rb")  # bytes: invalid UTF-8 must be reported per line, not crash the read
+        handle = open(path, encoding="utf-8", errors="surrogateescape", newline=None)
     except OSError as err:
         yield RawRecord(src, str(path), 0, error=RejectReason.UNREADABLE_FILE, detail=str(err))
         return
     with handle:
-        for lineno, raw in enumerate(handle, 1):
-            line = raw.rstrip(b"\r\n")
-            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not content
-                line = line[3:]
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\n")
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not content
             if not line.strip():  # blank lines separate nothing in JSONL; they are not rows
                 continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                snippet = line[max(0, err.start - 10) : err.end + 10]
-                yield RawRecord(
-                    src, str(path), lineno, error=RejectReason.INVALID_UTF8, detail=f"{err.reason} near {snippet!r}"
-                )
+            if _NOT_UTF8.search(line):
+                yield RawRecord(src, str(path), lineno, error=RejectReason.INVALID_UTF8, detail=_utf8_problem(line))
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(line)
             except (json.JSONDecodeError, RecursionError) as err:
                 yield RawRecord(src, str(path), lineno, error=RejectReason.MALFORMED_JSON, detail=str(err)[:200])
                 continue
@@ -53,6 +54,18 @@ def read_jsonl(path: str | Path, source: str | None = None) -> Iterator[RawRecor
                 )
                 continue
             yield RawRecord(src, str(path), lineno, fields=obj)
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+def _utf8_problem(line: str) -> str:
+    raw = line.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"{err.reason} near {raw[max(0, err.start - 10) : err.end + 10]!r}"
+    return "not UTF-8"
 
 
 def read_parquet(path: str | Path, source: str | None = None) -> Iterator[RawRecord]:

@@ -3,11 +3,11 @@
 import os
 from pathlib import Path
 
-from gtp_pipeline.core.profiles import PROFILES
+from gtp_pipeline.core.profiles import PROFILES, split_paths
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.io_managers import ParquetIOManager
-from gtp_pipeline.resources.models import HFFolderSource, ModelSource, SmolLM2Source, TinyModelSource
+from gtp_pipeline.resources.models import MODEL_DIR_ENV, HFFolderSource, ModelSource, SmolLM2Source, TinyModelSource
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
@@ -20,10 +20,6 @@ def default_artifact_root(profile: str) -> str:
     return os.environ.get(ARTIFACT_ROOT_ENV) or str(REPO_ROOT / "artifacts" / profile)
 
 
-def _paths(env: str) -> list[str]:
-    return [p for p in os.environ.get(env, "").replace(",", ":").split(":") if p]
-
-
 def model_source_for_profile(profile: str) -> ModelSource:
     """The profile's model: a random Llama (tiny), SmolLM2 from its package (demo, experiment), or
     $GTP_MODEL_DIR, a local HF folder (full)."""
@@ -33,7 +29,7 @@ def model_source_for_profile(profile: str) -> ModelSource:
     if kind == "smollm2":
         cache = os.environ.get("GTP_MODEL_CACHE") or str(REPO_ROOT / ".data" / "models")
         return SmolLM2Source(cache_dir=cache)
-    return HFFolderSource(path=os.environ.get("GTP_MODEL_DIR", ""))
+    return HFFolderSource(path=os.environ.get(MODEL_DIR_ENV, ""))
 
 
 def resources_for_profile(profile: str, artifact_root: str | None = None) -> dict:
@@ -42,8 +38,8 @@ def resources_for_profile(profile: str, artifact_root: str | None = None) -> dic
     return {
         "profile": ProfileResource(
             name=profile,
-            corpus_files=_paths("GTP_CORPUS_FILES"),
-            target_files=_paths("GTP_TARGET_FILES"),
+            corpus_files=list(split_paths(os.environ.get("GTP_CORPUS_FILES"), "GTP_CORPUS_FILES")),
+            target_files=list(split_paths(os.environ.get("GTP_TARGET_FILES"), "GTP_TARGET_FILES")),
             target_task=os.environ.get("GTP_TARGET_TASK") or None,
             checkpoint_dir=os.environ.get("GTP_CHECKPOINT_DIR", ""),
         ),

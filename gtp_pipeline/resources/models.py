@@ -11,6 +11,10 @@ from typing import Any
 
 import dagster as dg
 
+from gtp_pipeline.resources.failures import fail_fast
+
+MODEL_DIR_ENV = "GTP_MODEL_DIR"
+
 
 class ModelSource(dg.ConfigurableResource, ABC):
     """Loads (model, tokenizer, model_id); model_id identifies the weights in store identities."""
@@ -44,8 +48,18 @@ class SmolLM2Source(ModelSource):
 
 class HFFolderSource(ModelSource):
     path: str  # a local Hugging Face causal-LM folder (config.json, *.safetensors, tokenizer files)
+    setting: str = MODEL_DIR_ENV  # where `path` came from, named in configuration errors
 
     def load(self) -> Any:
+        from gtp_pipeline.core.config_errors import ConfigurationError
         from gtp_pipeline.core.models import hf_folder_model
 
-        return hf_folder_model(self.path)
+        with fail_fast(self.setting, self.path):
+            if not self.path.strip():  # never "the working directory", which Path("") would be
+                raise ConfigurationError(
+                    "is not set; this profile loads its model from a local Hugging Face folder "
+                    "(config.json, *.safetensors, tokenizer files)",
+                    self.setting,
+                    self.path,
+                )
+            return hf_folder_model(self.path)

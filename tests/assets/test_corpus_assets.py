@@ -8,6 +8,7 @@ import polars as pl
 from gtp_pipeline import checks
 from gtp_pipeline.assets import corpus
 from gtp_pipeline.resources import resources_for_profile
+from tests.conftest import failed_step_attempts
 
 ASSETS = [*dg.load_assets_from_modules([corpus]), *dg.load_asset_checks_from_modules([checks])]
 
@@ -40,7 +41,7 @@ def test_rematerializing_unchanged_inputs_gives_the_same_data_version(tiny_resou
     with dg.instance_for_test() as instance:
         first = dg.materialize(ASSETS, resources=tiny_resources, instance=instance)
         second = dg.materialize(ASSETS, resources=tiny_resources, instance=instance)
-    for key in ("raw_corpus", "corpus_rejects", "target_examples"):
+    for key in ("raw_corpus", "corpus_rejects", "target_examples", "target_rejects"):
         v1 = materialization(first, key).tags["dagster/data_version"]
         assert v1 == materialization(second, key).tags["dagster/data_version"], key
 
@@ -63,6 +64,8 @@ def test_users_files_feed_the_full_profile_and_bad_rows_go_to_rejects(tmp_path, 
         + json.dumps(
             {"prompt": "What is the capital of France?", "response": "Paris", "subtask": "geo", "split": "test"}
         )
+        + "\n"
+        + json.dumps({"prompt": "What is 1 + 1?", "response": "2", "choices": "12", "answer_index": 1})
     )
     monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
     monkeypatch.setenv("GTP_TARGET_FILES", str(target))
@@ -78,3 +81,36 @@ def test_users_files_feed_the_full_profile_and_bad_rows_go_to_rejects(tmp_path, 
         4: "empty_text",
         5: "invalid_utf8",
     }
+    target_rejects = pl.read_parquet(tmp_path / "art" / "target_rejects" / "data.parquet")
+    assert target_rejects.select("row", "reason").rows() == [(8, "wrong_type")]
+    assert materialization(result, "target_rejects").metadata["rows_refused"].value == 1
+
+
+def test_a_missing_corpus_or_target_file_fails_once_naming_the_setting_and_the_path(tmp_path, monkeypatch):
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}"}) for i in range(12)) + "\n")
+    for variable, other in (("GTP_CORPUS_FILES", "GTP_TARGET_FILES"), ("GTP_TARGET_FILES", "GTP_CORPUS_FILES")):
+        monkeypatch.setenv(variable, str(tmp_path / "typo.jsonl"))
+        monkeypatch.setenv(other, str(good))
+        resources = resources_for_profile("full", artifact_root=str(tmp_path / variable))
+        result = dg.materialize(ASSETS, resources=resources, raise_on_error=False)
+        runs, message = failed_step_attempts(result)
+        assert not result.success and runs == 1
+        assert f"{variable}='{tmp_path / 'typo.jsonl'}': {tmp_path / 'typo.jsonl'} does not exist" in message
+
+
+def test_a_pool_with_no_valid_row_fails_with_its_reasons_and_corpus_rejects_written(tmp_path, monkeypatch):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(b'{"prompt": "\\u200b", "response": "x"}\r{"prompt": "a\\u0000", "response": "b"}\r')
+    target = tmp_path / "target.jsonl"
+    target.write_text("\n".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}"}) for i in range(8)) + "\n")
+    monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
+    monkeypatch.setenv("GTP_TARGET_FILES", str(target))
+    result = dg.materialize(
+        ASSETS, resources=resources_for_profile("full", artifact_root=str(tmp_path / "art")), raise_on_error=False
+    )
+    runs, message = failed_step_attempts(result)
+    assert not result.success and runs == 1
+    assert "no valid examples among 2 rows read" in message and "empty_text: 1, control_character: 1" in message
+    rejects = pl.read_parquet(tmp_path / "art" / "corpus_rejects" / "data.parquet")
+    assert rejects.select("row", "reason").rows() == [(1, "empty_text"), (2, "control_character")]

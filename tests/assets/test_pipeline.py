@@ -11,6 +11,7 @@ from tests.assets.conftest import latest_metadata
 
 ALL_ASSETS = {
     "target_examples",
+    "target_rejects",
     "raw_corpus",
     "corpus_rejects",
     "embeddings",

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMismatchError
+from gtp_pipeline.core.feature_store import FeatureStore, StoreCorruptError, StoreMismatchError
 from gtp_pipeline.core.featurize import GRADIENT_ZERO, FeatureConfig, featurize
 from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
 from gtp_pipeline.core.projection import ProjectionConfig
 from gtp_pipeline.core.text import EMPTY_RESPONSE, RESPONSE_TRUNCATED_AWAY
+from tests.core.test_feature_store import damage_file
 
 LORA = LoraTrainConfig(lora_r=4, lora_alpha=16, lr=1e-2, epochs=2, batch_size=4, max_len=64, seed=0)
 CFG = FeatureConfig(
@@ -85,6 +86,18 @@ def test_resume_after_interruption_writes_identical_bytes(tmp_path, tiny, ckpts)
     assert files(tmp_path / "part") == files(tmp_path / "whole")
     again = run(tiny, ckpts[-1], tmp_path / "part")
     assert again.chunks_written == 0 and again.examples_per_s == 0
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero", "truncate", "delete"])
+def test_a_damaged_finished_chunk_is_refused_on_read_and_recomputed_on_resume(tmp_path, tiny, ckpts, damage):
+    run(tiny, ckpts[-1], tmp_path / "s")
+    before = files(tmp_path / "s")
+    damage_file(Path(FeatureStore.open(tmp_path / "s").chunk_file(1)), damage)
+    with pytest.raises(StoreCorruptError, match=r"chunk 1 of store .*/s is corrupt: its features file"):
+        FeatureStore.open(tmp_path / "s").read_chunk(1)
+    report = run(tiny, ckpts[-1], tmp_path / "s")
+    assert (report.chunks_written, report.chunks_skipped) == (1, 2)
+    assert files(tmp_path / "s") == before
 
 
 def test_same_seed_gives_the_same_features_across_runs_and_processes(tmp_path, tiny, ckpts):

@@ -1,12 +1,16 @@
 """Model sources: the seeded tiny model, local HF folders, the cached GGUF conversion, device choice."""
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 from gtp_pipeline.core import models
+from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.models import ModelSourceError, TinyModelConfig
 
 
@@ -72,6 +76,8 @@ def test_hf_folder_reload_gives_the_same_logits_and_a_stable_id(tmp_path):
 def test_missing_folder_and_unknown_source_fail_clearly(tmp_path):
     with pytest.raises(ModelSourceError, match="config.json"):
         models.hf_folder_model(tmp_path)
+    with pytest.raises(ConfigurationError, match="is not a folder"):
+        models.hf_folder_model(tmp_path / "nowhere")
     with pytest.raises(ModelSourceError, match="unknown model source"):
         models.load_model("hub")
 
@@ -107,3 +113,42 @@ def test_tiny_model_gives_the_same_logits_on_cuda():
     cpu = logits(tiny.model, ids)
     gpu = logits(tiny.model.to(models.pick_device("cuda")), ids.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+EVIL_CODE = "import pathlib; pathlib.Path({sentinel!r}).write_text('the folder ran its code')\n"
+
+
+def write_folder_with_its_own_code(folder, sentinel, model_type):
+    """A model folder whose config points transformers at Python files in the folder (auto_map)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    config.update(
+        model_type=model_type,
+        auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilModel"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("configuration_evil.py", "modeling_evil.py"):
+        (folder / name).write_text(EVIL_CODE.format(sentinel=str(sentinel)))
+
+
+def test_a_folder_that_needs_its_own_code_is_refused_without_a_prompt_and_its_code_never_runs(tmp_path):
+    sentinel = tmp_path / "ran.txt"
+    write_folder_with_its_own_code(tmp_path / "m", sentinel, model_type="evil_lm")
+    code = f"from gtp_pipeline.core.models import hf_folder_model; hf_folder_model({str(tmp_path / 'm')!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert "ModelFolderError" in done.stderr and "never runs code shipped in a model folder" in done.stderr
+    assert "evil_lm" in done.stderr and "[y/N]" not in done.stdout + done.stderr
+    assert not sentinel.exists()
+
+
+def test_a_folder_transformers_implements_loads_with_transformers_code_despite_auto_map(tmp_path):
+    sentinel = tmp_path / "ran.txt"
+    tiny = models.tiny_model()
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    write_folder_with_its_own_code(tmp_path / "m", sentinel, model_type="llama")
+    loaded = models.hf_folder_model(tmp_path / "m")
+    assert type(loaded.model).__name__ == "LlamaForCausalLM" and not sentinel.exists()

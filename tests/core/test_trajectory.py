@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.feature_store import FeatureStore, StoreCorruptError, StoreMeta
 from gtp_pipeline.core.trajectory import (
     BadFeaturesError,
     DenseTrajectories,
@@ -134,8 +134,10 @@ def test_device_pass_finds_bad_rows_like_the_default_pass(tmp_path):
     raw = np.memmap(stores[1].path / "features" / "c" / "1" / "0", dtype="<f2", mode="r+", shape=(8, 24))
     raw[2, 5] = np.inf  # row 8 + 2 = 10 of checkpoint 1
     raw.flush()
-    with pytest.raises(BadFeaturesError, match="row 10 .*non-finite"):
+    with pytest.raises(StoreCorruptError, match="chunk 1 of store .*candidate_features1.*CRC32C"):
         StoreTrajectories(stores, LR, device="cpu").correlate(np.ones(72))
+    with pytest.raises(BadFeaturesError, match="row 10 .*non-finite"):  # the pass's own check, behind the checksum
+        StoreTrajectories(stores, LR, device="cpu", verify=False).correlate(np.ones(72))
 
 
 @pytest.mark.cuda
@@ -153,8 +155,10 @@ def test_nonfinite_or_zero_valid_rows_raise_naming_the_row(tmp_path):
     raw = np.memmap(stores[1].path / "features" / "c" / "1" / "0", dtype="<f2", mode="r+", shape=(8, 24))
     raw[2, 5] = np.nan  # a corrupted chunk file: row 8 + 2 = 10 of checkpoint 1
     raw.flush()
-    with pytest.raises(BadFeaturesError, match="row 10 .*non-finite"):
+    with pytest.raises(StoreCorruptError, match="chunk 1 of store"):
         StoreTrajectories(stores, LR).correlate(np.ones(72))
+    with pytest.raises(BadFeaturesError, match="row 10 .*non-finite"):
+        StoreTrajectories(stores, LR, verify=False).correlate(np.ones(72))
     zero = [b.copy() for b in blocks]
     zero[0][4] = 0
     with pytest.raises(BadFeaturesError, match="row 4 .*all-zero"):

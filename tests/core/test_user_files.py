@@ -64,6 +64,12 @@ bad_messages = st.sampled_from(
     ]
 ).map(lambda o: (json.dumps(o).encode(), RejectReason.BAD_MESSAGES, None))
 surrogate = st.just((b'{"prompt": "a\\ud800b", "response": "x"}', RejectReason.INVALID_UTF8, None))
+invisible = st.sampled_from(["\u200b", "\u200b \u200d\ufeff", "\u2060\u00ad"]).map(
+    lambda z: (json.dumps({"prompt": "p", "response": z}).encode(), RejectReason.EMPTY_TEXT, None)
+)
+control = st.sampled_from(["\u0000", "a\u0000b", "x\u001by", "\u007f"]).map(
+    lambda c: (json.dumps({"prompt": c, "response": "r"}).encode(), RejectReason.CONTROL_CHARACTER, None)
+)
 any_line = st.one_of(
     valid_pair,
     valid_messages,
@@ -77,6 +83,8 @@ any_line = st.one_of(
     too_long,
     bad_messages,
     surrogate,
+    invisible,
+    control,
 )
 
 
@@ -102,6 +110,22 @@ def test_blank_lines_and_bom_are_not_rows(tmp_path):
     records = list(read_jsonl(path))
     assert [r.row for r in records] == [1, 4]
     assert all(r.error is None for r in records)
+
+
+@pytest.mark.parametrize("newline", [b"\r", b"\r\n", b"\n"])
+def test_lines_end_at_cr_crlf_or_lf(tmp_path, newline):
+    rows = [json.dumps({"prompt": f"p{i}", "response": f"r{i}\ttab"}).encode() for i in range(3)]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(newline.join(rows) + newline)
+    records = list(read_jsonl(path))
+    assert [(r.row, r.error, r.fields["prompt"]) for r in records] == [(i + 1, None, f"p{i}") for i in range(3)]
+
+
+def test_text_with_tabs_newlines_and_form_feeds_is_kept(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"prompt": "a\tb\nc\r\nd\fe", "response": "\u200bok"}) + "\n")
+    built = build_corpus(read_jsonl(path))
+    assert built.rejects.height == 0 and built.corpus["prompt"].item() == "a\tb\nc\r\nd\fe"
 
 
 def test_parquet_rows_with_bad_cells_are_refused_one_by_one(tmp_path):

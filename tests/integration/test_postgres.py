@@ -35,7 +35,15 @@ def test_materialize_with_the_postgres_instance_config(tmp_path):
         }
         dagster = str(Path(sys.executable).with_name("dagster"))
         subprocess.run(
-            [dagster, "asset", "materialize", "-m", "gtp_pipeline.definitions", "--select", "target_examples"],
+            [
+                dagster,
+                "asset",
+                "materialize",
+                "-m",
+                "gtp_pipeline.definitions",
+                "--select",
+                "target_examples,target_rejects",
+            ],
             cwd=REPO,
             env=env,
             check=True,

@@ -42,7 +42,7 @@ def test_graphql_launch_materializes_target_examples(server):
             "repositoryLocationName": repo["location"]["name"],
             "repositoryName": repo["name"],
             "jobName": "__ASSET_JOB",
-            "assetSelection": [{"path": ["target_examples"]}],
+            "assetSelection": [{"path": ["target_examples"]}, {"path": ["target_rejects"]}],
             "assetCheckSelection": [],
         },
         "runConfigData": {},
@@ -86,7 +86,7 @@ def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_pa
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chrome'}",
-        "--window-size=1600,1000",
+        "--window-size=1600,1800",  # tall enough that the corpus group graph draws all its nodes
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

@@ -196,6 +196,7 @@ def test_tiny_pipeline_on_an_s3_artifact_root(s3_options, tmp_path):
     resources["store"], resources["io_manager"] = store, ParquetIOManager(store=store)
     upstream = [
         "target_examples",
+        "target_rejects",
         "raw_corpus",
         "corpus_rejects",
         "embeddings",
