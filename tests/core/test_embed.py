@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.embed import (
     Embedder,
     EmbeddingError,
@@ -149,7 +150,7 @@ def test_mismatched_or_empty_inputs_raise(tmp_path):
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a sentence-transformers folder"):
+    with pytest.raises(ConfigurationError, match="not a sentence-transformers folder"):
         SentenceTransformerEmbedder(tmp_path)
 
 

@@ -6,6 +6,7 @@ import dagster as dg
 import pytest
 
 from gtp_pipeline.assets.gradients import TRANSIENT
+from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.models import HFFolderSource, ModelSource
 from tests.conftest import failed_step_attempts
 
@@ -51,3 +52,16 @@ def test_a_transient_error_is_still_retried():
     result = dg.materialize([loads_the_model], resources={"model": FlakyModelSource()}, raise_on_error=False)
     runs, error = failed_step_attempts(result)
     assert runs == 1 + TRANSIENT.max_retries and "Exceeded max_retries" in error
+
+
+@dg.asset(retry_policy=QUICK_RETRY)
+def loads_the_embedder(embedder: EmbedderResource) -> None:
+    embedder.embedder()
+
+
+def test_a_bad_embedder_folder_fails_once_naming_the_variable(tmp_path):
+    result = dg.materialize(
+        [loads_the_embedder], resources={"embedder": EmbedderResource(model_dir=str(tmp_path))}, raise_on_error=False
+    )
+    runs, error = failed_step_attempts(result)
+    assert runs == 1 and f"GTP_EMBEDDER_DIR='{tmp_path}'" in error and "no modules.json" in error
