@@ -48,7 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from gtp_pipeline.core.atomic import AnyPath, is_local, remove_stale_temps, storage_path, temp_sibling
+from gtp_pipeline.core.atomic import (
+    AnyPath,
+    atomic_write,
+    is_local,
+    remove_stale_temps,
+    storage_path,
+    temp_sibling,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -319,29 +326,18 @@ class FeatureStore:
         return self.path / "features" / "c" / str(chunk) / "0"  # the file chunk_file() names, as a (U)Path
 
     def _publish(self, path: AnyPath, data: Any) -> None:
-        """Make `path` hold `data` in one atomic step: temp + rename (local), one PUT (object store)."""
-        if not self.is_local:
-            path.fs.pipe_file(path.path, bytes(memoryview(data).cast("B")))
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(path)
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(memoryview(data).cast("B"))
-            os.replace(tmp, path)
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
+        """Make `path` hold `data` in one atomic step (core/atomic.py: temp + rename locally, one PUT remotely)."""
+        atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(data).cast("B")))
 
     # --- verification -------------------------------------------------------------------------------
     def chunk_record(self, chunk: int) -> ChunkRecord | None:
         """The checksums chunk `chunk`'s marker recorded; None if it records none. Raises if it is not done."""
-        marker = self._marker(chunk)
         try:
-            if self.is_local:
+            if self.is_local:  # os-level open: the pursuit reads one marker per chunk and store on its first pass
                 with open(os.path.join(str(self.path), "done", f"{chunk:07d}"), "rb") as fh:
                     data = fh.read()
             else:
+                marker = self._marker(chunk)
                 data = marker.fs.cat_file(marker.path)
         except FileNotFoundError:
             raise StoreIncompleteError(

@@ -174,8 +174,9 @@ def load_lora_model(base_model: torch.nn.Module, checkpoint: str | Path | Checkp
         raise CheckpointError(f"{path} has no adapter_model.safetensors")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
-        # an adapter folder is a JSON config and safetensors weights: peft runs no code from it
-        return PeftModel.from_pretrained(weight_sharing_copy(base_model), str(path), is_trainable=True)
+        # an adapter folder is a JSON config and safetensors weights: peft runs no code from it (said explicitly)
+        model = weight_sharing_copy(base_model)
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True, trust_remote_code=False)
 
 
 def load_moments(checkpoint: str | Path | CheckpointInfo, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

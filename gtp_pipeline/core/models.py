@@ -181,9 +181,11 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None) -> 
     tmp = cache_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     logger.info("converting %s to %s (one time, ~20 s)", gguf_path, final)
     try:
-        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True, "trust_remote_code": False}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-        gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), trust_remote_code=False, **kwargs)
+        gguf_model = AutoModelForCausalLM.from_pretrained(  # trust_remote_code=False
+            str(gguf_path.parent), trust_remote_code=False, dtype=torch.float32, **kwargs
+        )
         if gguf_model.config.model_type != "llama":
             raise ModelSourceError(
                 f"{gguf_path}: only llama-architecture GGUFs are supported, got {gguf_model.config.model_type!r}"
@@ -228,7 +230,7 @@ def hf_folder_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
             value=str(path),
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(  # trust_remote_code=False, as on every from_pretrained
         str(path), dtype=dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
     )
     model.eval()

@@ -95,7 +95,7 @@ def test_gguf_conversion_is_cached_and_reloads_with_the_same_logits(tmp_path):
     t = time.perf_counter()
     loaded = models.gguf_model(gguf, tmp_path)  # cached: no second conversion
     assert time.perf_counter() - t < 15
-    direct = AutoModelForCausalLM.from_pretrained(
+    direct = AutoModelForCausalLM.from_pretrained(  # trust_remote_code=False: never a folder's own code
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
     ).eval()
     ids = loaded.tokenizer.apply_chat_template(
