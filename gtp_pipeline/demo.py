@@ -1,6 +1,8 @@
 """`make demo`: materialize the whole pipeline on the embedded instance, skipping what is up to date.
 
     GTP_PROFILE=demo python -m gtp_pipeline.demo      # what `make demo` runs, from the repo root
+    python -m gtp_pipeline.demo --through target_gradients   # only that asset and what it depends on
+    python -m gtp_pipeline.demo --refresh target_examples    # and rerun it although Dagster sees no change
 
 Runs every asset in dependency order (every partition of partitioned ones) through the same
 definitions and instance as `make ui` (SQLite under .dagster/<profile>/, configured from ./dagster.yaml;
@@ -80,21 +82,50 @@ def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return released
 
 
-def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> list[dict]:
-    """Materialize every stale or missing asset (partition) in dependency order; return what happened."""
+def with_upstream(defs: dg.Definitions, names: list[str]) -> set[dg.AssetKey]:
+    """The named assets and every asset they depend on, directly or not."""
+    graph = defs.resolve_asset_graph()
+    todo = [dg.AssetKey(n) for n in names]
+    unknown = [k.to_user_string() for k in todo if not graph.has(k)]
+    if unknown:
+        raise ValueError(
+            f"no asset named {unknown}; assets: {sorted(k.to_user_string() for k in graph.get_all_asset_keys())}"
+        )
+    found: set[dg.AssetKey] = set()
+    while todo:
+        key = todo.pop()
+        if key not in found:
+            found.add(key)
+            todo.extend(graph.get(key).parent_keys)
+    return found
+
+
+def run_demo(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    log=print,
+    only: set[dg.AssetKey] | None = None,
+    refresh: set[dg.AssetKey] = frozenset(),
+) -> list[dict]:
+    """Materialize every stale or missing asset (partition) in dependency order, or only those in `only` (and the
+    assets materialized together with them), and those in `refresh` even when up to date; return what happened.
+
+    `refresh` is for inputs Dagster cannot see change: the target task chosen by GTP_TARGET_TASK, for one."""
     for run_id in release_orphaned_runs(instance):
         log(f"  released    run {run_id} (its process is gone)")
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     report = []
     for keys in _stages(defs):
+        if only is not None and not only.intersection(keys):
+            continue
         partitions_def = graph.get(keys[0]).partitions_def
         partitions = (
             [None] if partitions_def is None else partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         )
         for partition in partitions:
             name = ", ".join(k.to_user_string() for k in keys) + (f" [{partition}]" if partition else "")
-            if not any(needs_run(instance, defs, k, partition) for k in keys):
+            if not refresh.intersection(keys) and not any(needs_run(instance, defs, k, partition) for k in keys):
                 log(f"  up to date  {name}")
                 report.append({"assets": name, "status": "up to date", "seconds": 0.0})
                 continue
@@ -111,9 +142,21 @@ def run_demo(defs: dg.Definitions, instance: dg.DagsterInstance, log=print) -> l
     return report
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from gtp_pipeline.definitions import defs
     from gtp_pipeline.instance import instance_home
+
+    parser = argparse.ArgumentParser(description="Materialize the pipeline, skipping what is up to date.")
+    parser.add_argument("--through", default="", help="comma-separated assets: only these and what they depend on")
+    parser.add_argument("--refresh", default="", help="comma-separated assets to materialize even if up to date")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.through.split(",") if n.strip()]
+    only = with_upstream(defs, names) if names else None
+    refresh = {dg.AssetKey(n.strip()) for n in args.refresh.split(",") if n.strip()}
+    if unknown := refresh - set(defs.resolve_asset_graph().get_all_asset_keys()):
+        raise SystemExit(f"--refresh: no asset named {sorted(k.to_user_string() for k in unknown)}")
 
     profile = defs.resources["profile"].name
     store_root = defs.resources["store"].root
@@ -121,8 +164,10 @@ def main() -> int:
     print(f"gtp_pipeline demo: profile={profile}, artifacts under {store_root}, instance {home}")
     instance = dg.DagsterInstance.from_config(str(home))
     start = time.perf_counter()
-    run_demo(defs, instance)
+    run_demo(defs, instance, only=only, refresh=refresh)
     print(f"\nDone in {time.perf_counter() - start:.0f}s.")
+    if only is not None:
+        return 0
     print(f"Results (Parquet, Zarr, PNG plots): {store_root}")
     print(f"The comparison: {Path(store_root) / 'selection_report' / 'report.md'}")
     print(f"Run history and metadata: {home} (embedded SQLite instance)")

@@ -5,10 +5,12 @@
 Reads what the pipeline materialized for the profile (the corpus, the target's dev and test splits, the gradient
 stores of every checkpoint: run `make demo`, or the pipeline on your own data, first), selects with every method
 (`core/variant_study.py` explains the specs), fine-tunes each selection with every seed using the profile's recipe,
-scores every test example, and writes under `<artifact root>/variant_study/`: selections.parquet (what each
+scores every test example, and writes under `<artifact root>/variant_study/<target>/`: selections.parquet (what each
 method picked, fitted vs fill, near-duplicates, sources), per_example.parquet, and study.md with the verdict
 (core/verdict.py) and its forest plot. Interrupted, it resumes: finished runs are read back, a half-trained one
-continues from its last checkpoint. The pipeline's own assets are not touched.
+continues from its last checkpoint. The base model and the full-pool fine-tunes depend only on the pool, so they
+live in `variant_study/shared/` and studies of several targets on one pool (gtp_pipeline/multi_target.py) train
+them once. The pipeline's own assets are not touched.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ DEFAULT_METHODS = (
     "topk",
     "random",
 )
+
+
+SHARED_FOLDER = "shared"
+
+
+def study_folder_name(target_name: str) -> str:
+    """The study's folder under <artifact root>/variant_study/: one per target, named after it."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", target_name).strip(".") or "target"
+    return f"{name}_" if name == SHARED_FOLDER else name
 
 
 def _ints(text: str) -> list[int]:
@@ -54,7 +67,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.core.evaluate import evaluate
     from gtp_pipeline.core.lora_train import load_lora_model, train_lora
     from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown
+    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown, test_set_key
 
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     profile, store = defs.resources["profile"], defs.resources["store"]
@@ -63,6 +76,13 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     settings = profile.settings()
     raw_corpus = defs.load_asset_value("raw_corpus", instance=instance)
     target_examples = defs.load_asset_value("target_examples", instance=instance)
+    materialized = sorted(set(target_examples["task"]))
+    if materialized != [settings.target.name]:
+        raise SystemExit(
+            f"the materialized target_examples are {materialized}, the profile's target is {settings.target.name!r}: "
+            "run `python -m gtp_pipeline.demo --through target_gradients,gradient_trajectories --refresh "
+            "target_examples` first (Dagster does not see GTP_TARGET_TASK change)"
+        )
     view, target, per_example, keys, _, _ = open_trajectories(instance, raw_corpus, target_examples, profile, store)
     by_id = {r["example_id"]: r for r in raw_corpus.iter_rows(named=True)}
     corpus = [by_id[eid] for eid in view.stores[0].example_ids()]
@@ -92,7 +112,9 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
             {"example_id": r["example_id"], "loss": r["loss"], "correct": r["correct"]} for r in scored.per_example
         ]
 
-    root = store.path_for("variant_study")
+    root = store.path_for("variant_study", study_folder_name(settings.target.name))
+    shared = store.path_for("variant_study", SHARED_FOLDER)  # base and full-pool runs, whatever the target
+    test_key = test_set_key(f"{settings.target.name}|{loaded.model_id}", [t.example_id for t in tests])
     print(
         f"variant study: profile={profile.name}, {len(corpus)} pool rows ({n_valid} valid), checkpoints {keys}, "
         f"{len(tests)} test examples, budgets {budgets}, methods {[m.name for m in methods]}, seeds {args.seeds}"
@@ -111,6 +133,8 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
         finetune,
         score,
         report=print,
+        shared_root=shared,
+        test_key=test_key,
     )
     selections = pl.DataFrame(result.selections)
     scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})

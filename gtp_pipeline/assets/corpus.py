@@ -93,10 +93,14 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
     from gtp_pipeline.core.plots import histogram_png
     from gtp_pipeline.core.pool import read_pool
     from gtp_pipeline.core.records import Reject, RejectReason, summarize_rejects
+    from gtp_pipeline.core.targets import all_target_prompts
 
     with fail_fast():  # a missing corpus file is a setting to fix: no retry
         settings = profile.settings()
-        target_prompts = frozenset(prompt_key(p) for p in target_examples["prompt"])
+        prompts = list(target_examples["prompt"])
+        for spec in settings.contamination_targets:  # every row of every listed target, drawn or not
+            prompts.extend(all_target_prompts(spec))
+        target_prompts = frozenset(prompt_key(p) for p in prompts)
         built = build_corpus(read_pool(settings.pool), settings.corpus, target_prompts)
     pool, rejects = built.corpus, built.rejects
     refused = [Reject(**row) for row in rejects.to_dicts()]
@@ -137,6 +141,9 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
             "duplicate_policy": settings.corpus.duplicates,
             "contaminated": built.n_contaminated,
             "contamination_policy": settings.corpus.contamination,
+            "decontaminated_against": ", ".join(
+                dict.fromkeys([settings.target.name, *(t.name for t in settings.contamination_targets)])
+            ),
             "by_source": counts_table(pool, ["source"]),
             "by_source_and_task": counts_table(pool, ["source", "task"]),
             "n_tokens": md_table([_length_summary(pool["n_tokens"])]),

@@ -99,6 +99,10 @@ class Profile:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     gradients: GradientSettings = field(default_factory=GradientSettings)
     model: str = "hf_folder"  # "tiny" (random Llama) | "smollm2" (packaged GGUF) | "hf_folder" ($GTP_MODEL_DIR)
+    # Targets besides the active one that the pool must not contain, every row of each. A multi-target
+    # experiment lists all its targets here, so that the pool, the warm-up and the pool's gradient stores are
+    # the same whichever target is active, and GTP_TARGET_TASK picks the active one among them by name.
+    contamination_targets: tuple[TargetSpec, ...] = ()
 
 
 TINY = Profile(
@@ -174,6 +178,29 @@ EXPERIMENT = replace(
     budgets=BudgetSettings(budgets=(0.01, 0.05), train_epochs=2, finetune_seeds=(0, 1)),
 )
 
+# The multi-target experiment (docs/RESULTS.md): one pool of about 2,400 examples with the redundancy of templated
+# subtasks, three targets of different kinds (multiple choice, BIG-bench date reasoning, generative math),
+# budgets 0.5% to 5%, three fine-tune seeds. Run by `python -m gtp_pipeline.multi_target`.
+MULTI_TARGETS = (
+    TargetSpec(name="social_iqa", kind="bigbench", tasks=("social_iqa",), n_dev=8, n_test=150),
+    TargetSpec(name="date_understanding", kind="bigbench", tasks=("date_understanding",), n_dev=8, n_test=150),
+    TargetSpec(name="gsm8k", kind="gsm8k", tasks=(), n_dev=8, n_test=150),
+)
+MULTI_TARGET = replace(
+    DEMO,
+    name="multitarget",
+    pool=(
+        SourceSpec("natural_instructions", limit_per_task=30),
+        SourceSpec("chatterbot", limit_per_task=10),
+        SourceSpec("sharegpt", limit=300),
+        SourceSpec("bbc_news", limit_per_task=20),
+    ),
+    target=MULTI_TARGETS[0],
+    contamination_targets=MULTI_TARGETS,
+    clusters=replace(DEMO.clusters, K=96),
+    budgets=BudgetSettings(budgets=(0.005, 0.01, 0.05), train_epochs=2, finetune_seeds=(0, 1, 2)),
+)
+
 FULL = Profile(
     name="full",
     pool=(),  # filled from GTP_CORPUS_FILES (or run config) by `profile_from_env`
@@ -181,7 +208,7 @@ FULL = Profile(
     corpus=CorpusConfig(max_chars=50_000),
 )
 
-PROFILES = {p.name: p for p in (TINY, DEMO, EXPERIMENT, FULL)}
+PROFILES = {p.name: p for p in (TINY, DEMO, EXPERIMENT, MULTI_TARGET, FULL)}
 
 FINETUNE_METHODS = ("gtp", "topk", "random", "clusterclip")  # each trained at every budget; plus "full" data
 
@@ -225,10 +252,11 @@ def get_profile(
     """The named profile, with the user's files or a packaged target task put in where given.
 
     Args:
-        name: tiny | demo | full.
+        name: one of PROFILES (tiny, demo, experiment, multitarget, full).
         corpus_files: JSONL/Parquet pool files; required for full, added to the pool otherwise.
         target_files: JSONL/Parquet target files (kind="files").
-        target_task: a packaged target instead: "gsm8k" or a BIG-bench task path such as "strategyqa".
+        target_task: a packaged target instead: "gsm8k" or a BIG-bench task path such as "strategyqa"; one of
+            the profile's contamination_targets is taken with its own dev/test sizes.
     """
     if name not in PROFILES:
         raise ProfileError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
@@ -241,8 +269,11 @@ def get_profile(
             profile, target=replace(profile.target, name="target", kind="files", files=tuple(target_files), tasks=())
         )
     elif target_task:
+        listed = {t.name: t for t in profile.contamination_targets}
         kind = "gsm8k" if target_task == "gsm8k" else "bigbench"
-        profile = replace(profile, target=replace(profile.target, name=target_task, kind=kind, tasks=(target_task,)))
+        tasks = () if kind == "gsm8k" else (target_task,)
+        chosen = listed.get(target_task) or replace(profile.target, name=target_task, kind=kind, tasks=tasks)
+        profile = replace(profile, target=chosen)
     if not profile.pool:
         raise ProfileError(
             "profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',', or a JSON "

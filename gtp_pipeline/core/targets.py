@@ -317,26 +317,37 @@ def refusal_log_lines(rejects: list[Reject]) -> tuple[str, str]:
     return warning, (info if n_surplus else "")
 
 
+def _candidates(
+    spec: TargetSpec, data_root: Path | None
+) -> tuple[list[tuple[TargetExample, str | None]], list[Reject], str]:
+    """Every readable row of the target (with the split a file row asks for), the refused rows, and where from."""
+    if spec.kind == "bigbench":
+        return [(ex, None) for task in spec.tasks for ex in _bigbench_examples(task, data_root)], [], ""
+    if spec.kind == "gsm8k":
+        return [(ex, None) for ex in _gsm8k_examples()], [], ""
+    if spec.kind == "files":
+        if not spec.files:
+            raise TargetSpecError("target kind 'files' needs at least one file in TargetSpec.files")
+        require_files(spec.files, "GTP_TARGET_FILES")  # a missing file is a setting to fix, not a row to refuse
+        candidates, rejects = _file_examples(spec.files)
+        return candidates, rejects, f" of target file(s) {', '.join(spec.files)}"
+    raise TargetSpecError(f"unknown target kind {spec.kind!r}; expected bigbench, gsm8k or files")
+
+
+def all_target_prompts(spec: TargetSpec, data_root: Path | None = None) -> list[str]:
+    """The prompt of every row the target task has, drawn into dev/test or not: what a pool decontaminated
+    against this task must not contain, whichever of its rows a run happens to draw."""
+    candidates, _, _ = _candidates(spec, data_root)
+    return [example.prompt for example, _ in candidates]
+
+
 def load_target(
     spec: TargetSpec, data_root: Path | None = None
 ) -> tuple[list[tuple[TargetExample, str]], list[Reject]]:
     """The target's examples, each with its split ("dev" or "test"), and every row not among them (with why)."""
     if spec.n_dev < 1 or spec.n_test < 0:
         raise TargetSpecError(f"n_dev must be >= 1 and n_test >= 0, got n_dev={spec.n_dev}, n_test={spec.n_test}")
-    rejects: list[Reject] = []
-    where = ""
-    if spec.kind == "bigbench":
-        candidates = [(ex, None) for task in spec.tasks for ex in _bigbench_examples(task, data_root)]
-    elif spec.kind == "gsm8k":
-        candidates = [(ex, None) for ex in _gsm8k_examples()]
-    elif spec.kind == "files":
-        if not spec.files:
-            raise TargetSpecError("target kind 'files' needs at least one file in TargetSpec.files")
-        require_files(spec.files, "GTP_TARGET_FILES")  # a missing file is a setting to fix, not a row to refuse
-        candidates, rejects = _file_examples(spec.files)
-        where = f" of target file(s) {', '.join(spec.files)}"
-    else:
-        raise TargetSpecError(f"unknown target kind {spec.kind!r}; expected bigbench, gsm8k or files")
+    candidates, rejects, where = _candidates(spec, data_root)
     try:
         out, unused = _assign_splits(candidates, spec, where)
         rejects.extend(unused)

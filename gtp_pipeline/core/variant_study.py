@@ -134,21 +134,39 @@ def run_folder(root: Path, budget: str, method: str, seed: int, example_ids: Seq
     return root / budget / method / f"seed{seed}-{h.hexdigest()[:12]}"
 
 
+def test_set_key(target_name: str, example_ids: Sequence[str]) -> str:
+    """Names the scores of one test set: the same adapter scored on another target or split is cached apart."""
+    h = hashlib.sha256(target_name.encode())
+    for eid in sorted(example_ids):
+        h.update(f"\n{eid}".encode())
+    return h.hexdigest()[:12]
+
+
 def train_and_score(
     folder: Path,
     train: Callable[[Path], Any],
     score: Callable[[Any], list[dict]],
+    test_key: str = "",
 ) -> list[dict]:
-    """Per-example scores of the model `train(folder)` produces; cached in folder/scores.json (verified on read)."""
-    cache = folder / "scores.json"
+    """Per-example scores of the model `train(folder)` produces; cached in folder/scores[-test_key].json, which is
+    used only if it reads back whole and names the same test set."""
+    cache = folder / (f"scores-{test_key}.json" if test_key else "scores.json")
     if cache.exists():
-        data = json.loads(cache.read_text())
-        if isinstance(data, dict) and isinstance(data.get("per_example"), list):
+        try:
+            data = json.loads(cache.read_text())
+        except ValueError:
+            data = None
+        if (
+            isinstance(data, dict)
+            and data.get("test_key", "") == test_key
+            and isinstance(data.get("per_example"), list)
+            and all(isinstance(r, dict) and {"example_id", "loss"} <= set(r) for r in data["per_example"])
+        ):
             return data["per_example"]
         log.warning("ignoring unreadable %s; scoring again", cache)
     model = train(folder)
     per_example = score(model)
-    write_bytes(json.dumps({"per_example": per_example}).encode(), cache)
+    write_bytes(json.dumps({"test_key": test_key, "per_example": per_example}).encode(), cache)
     return per_example
 
 
@@ -172,28 +190,28 @@ def run_study(
     finetune: Callable[[list[int], np.ndarray | None, int, Path], Any],
     score: Callable[[Any], list[dict]],
     report: Callable[[str], None] = log.info,
+    shared_root: Path | None = None,
+    test_key: str = "",
 ) -> StudyResult:
     """Select with every method at every (label, k) budget, fine-tune each with every seed, score every test example.
 
     `corpus[i]` is row i of the view (example_id, prompt, response, source, content_hash). `finetune(rows,
     weights, seed, folder)` trains on those corpus rows (resuming in folder) and returns a model; `score(model)`
     returns per-example dicts with example_id, loss and correct. The base model is scored as finetune([], ...).
+    The base model and the full-pool fine-tunes depend on the pool only: they live under `shared_root` (default
+    `root`), so studies of several targets on one pool train them once; `test_key` keeps their scores apart.
+    The full-pool fine-tunes, the longest runs, go last, so an interrupted study has its selections' results.
     """
     start = time.perf_counter()
     selections, scores = [], []
+    shared_root = shared_root or root
 
     def record(run: str, method: str, budget: str, seed: int, rows: list[dict]) -> None:
         for r in rows:
             scores.append({"run": run, "method": method, "budget": budget, "seed": seed, **r})
 
-    record("base", "base", "-", -1, train_and_score(root / "base", lambda f: finetune([], None, -1, f), score))
-    all_rows = [i for i in range(len(corpus)) if view.valid_mask()[i]]
-    all_ids = [corpus[i]["example_id"] for i in all_rows]
-    for seed in full_seeds:
-        report(f"full pool ({len(all_rows)} examples), seed {seed}")
-        folder = run_folder(root, "100pct", "full", seed, all_ids, None)
-        rows = train_and_score(folder, lambda f, s=seed: finetune(all_rows, None, s, f), score)
-        record("full", "full", "100pct", seed, rows)
+    base = train_and_score(shared_root / "base", lambda f: finetune([], None, -1, f), score, test_key)
+    record("base", "base", "-", -1, base)
     b = target.vector
     for label, k in budgets:
         chosen = {m.name: select(m, view, target, per_example_target, k) for m in methods}
@@ -217,9 +235,16 @@ def run_study(
                 def train(f: Path, r=rows_picked, w=weights, s=seed):
                     return finetune(r, w, s, f)
 
-                rows = train_and_score(folder, train, score)
+                rows = train_and_score(folder, train, score, test_key)
                 record(f"{m.name}-{label}", m.name, label, seed, rows)
                 report(f"{m.name} @ {label} seed {seed}: mean loss {np.nanmean([r['loss'] for r in rows]):.4f}")
+    all_rows = [i for i in range(len(corpus)) if view.valid_mask()[i]]
+    all_ids = [corpus[i]["example_id"] for i in all_rows]
+    for seed in full_seeds:
+        report(f"full pool ({len(all_rows)} examples), seed {seed}")
+        folder = run_folder(shared_root, "100pct", "full", seed, all_ids, None)
+        rows = train_and_score(folder, lambda f, s=seed: finetune(all_rows, None, s, f), score, test_key)
+        record("full", "full", "100pct", seed, rows)
     return StudyResult(selections, scores, time.perf_counter() - start)
 
 
