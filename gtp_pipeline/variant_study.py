@@ -67,7 +67,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.core.evaluate import evaluate
     from gtp_pipeline.core.lora_train import load_lora_model, train_lora
     from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown, test_set_key
+    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown, scores_key
 
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     profile, store = defs.resources["profile"], defs.resources["store"]
@@ -114,7 +114,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
 
     root = store.path_for("variant_study", study_folder_name(settings.target.name))
     shared = store.path_for("variant_study", SHARED_FOLDER)  # base and full-pool runs, whatever the target
-    test_key = test_set_key(f"{settings.target.name}|{loaded.model_id}", [t.example_id for t in tests])
+    test_key = scores_key(f"{settings.target.name}|{loaded.model_id}", [t.example_id for t in tests])
     print(
         f"variant study: profile={profile.name}, {len(corpus)} pool rows ({n_valid} valid), checkpoints {keys}, "
         f"{len(tests)} test examples, budgets {budgets}, methods {[m.name for m in methods]}, seeds {args.seeds}"

@@ -134,7 +134,7 @@ def run_folder(root: Path, budget: str, method: str, seed: int, example_ids: Seq
     return root / budget / method / f"seed{seed}-{h.hexdigest()[:12]}"
 
 
-def test_set_key(target_name: str, example_ids: Sequence[str]) -> str:
+def scores_key(target_name: str, example_ids: Sequence[str]) -> str:
     """Names the scores of one test set: the same adapter scored on another target or split is cached apart."""
     h = hashlib.sha256(target_name.encode())
     for eid in sorted(example_ids):

@@ -114,3 +114,24 @@ def test_a_pool_with_no_valid_row_fails_with_its_reasons_and_corpus_rejects_writ
     assert "no valid examples among 2 rows read" in message and "empty_text: 1, control_character: 1" in message
     rejects = pl.read_parquet(tmp_path / "art" / "corpus_rejects" / "data.parquet")
     assert rejects.select("row", "reason").rows() == [(1, "empty_text"), (2, "control_character")]
+
+
+def test_a_multi_target_pool_is_decontaminated_against_every_row_of_every_listed_target(tmp_path, monkeypatch):
+    from gtp_pipeline.core.profiles import MULTI_TARGETS
+    from gtp_pipeline.core.targets import all_target_prompts
+
+    gsm8k, dates = (next(t for t in MULTI_TARGETS if t.name == n) for n in ("gsm8k", "date_understanding"))
+    planted = [all_target_prompts(gsm8k)[-1], all_target_prompts(dates)[-1], "A question no target has?"]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps({"prompt": p, "response": "an answer"}) for p in planted) + "\n")
+    monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
+    monkeypatch.delenv("GTP_TARGET_TASK", raising=False)  # the active target is social_iqa: the others still count
+    result = dg.materialize(ASSETS, resources=resources_for_profile("multitarget", str(tmp_path / "art")))
+    assert result.success
+    rejects = pl.read_parquet(tmp_path / "art" / "corpus_rejects" / "data.parquet")
+    user = rejects.filter(pl.col("source") == "pool")  # user files are named by their stem
+    assert sorted(user["row"]) == [1, 2] and set(user["reason"]) == {"target_contamination"}
+    pool_frame = pl.read_parquet(tmp_path / "art" / "raw_corpus" / "data.parquet")
+    assert planted[2] in pool_frame["prompt"].to_list()
+    meta = materialization(result, "raw_corpus").metadata
+    assert meta["decontaminated_against"].value == "social_iqa, date_understanding, gsm8k"

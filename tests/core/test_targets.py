@@ -282,3 +282,18 @@ def test_every_target_file_row_lands_once_in_the_targets_or_the_rejects(tmp_path
 def test_impossible_target_specs_raise_clear_errors(spec):
     with pytest.raises(TargetSpecError):
         load_target(spec)
+
+
+def test_all_target_prompts_are_every_row_drawn_or_not_and_a_listed_target_keeps_its_sizes():
+    from gtp_pipeline.core.profiles import MULTI_TARGETS, get_profile
+    from gtp_pipeline.core.targets import all_target_prompts
+
+    gsm8k = next(t for t in MULTI_TARGETS if t.name == "gsm8k")
+    prompts = all_target_prompts(gsm8k)
+    assert len(prompts) == 1319  # the whole GSM8K test file, not the 8 + 150 drawn
+    examples, _ = load_target(gsm8k)
+    assert {ex.prompt for ex, _ in examples} < set(prompts)
+    chosen = get_profile("multitarget", target_task="gsm8k")
+    assert chosen.target == gsm8k and chosen.contamination_targets == MULTI_TARGETS
+    other = get_profile("demo", target_task="gsm8k").target  # not listed: the profile's sizes, the task swapped in
+    assert (other.kind, other.tasks, other.n_test) == ("gsm8k", (), 100)

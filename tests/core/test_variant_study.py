@@ -74,6 +74,7 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
     args = (view, target, per_example, corpus, methods, [("n4", 4)], [0, 1], [0], tmp_path, finetune, score)
     result = run_study(*args)
     assert len(calls) == 1 + 1 + len(methods) * 2  # base, full, every method x seed
+    assert calls[0] == ((), -1) and calls[-1] == (tuple(range(len(corpus))), 0)  # base first, the long full run last
     scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})
     assert scores.height == len(calls) * len(tests)
     assert (
@@ -96,3 +97,28 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
     for section in ("## What each method picked", "## Verdict", "## Which method for my data"):
         assert section in markdown
     assert "gtp+weights" in markdown and plots
+
+
+def test_scores_are_cached_per_test_set_and_a_damaged_cache_is_scored_again(tmp_path):
+    from gtp_pipeline.core.variant_study import scores_key, train_and_score
+
+    trained, scored = [], []
+
+    def train(folder):
+        trained.append(folder)
+        return "model"
+
+    def score(model):
+        scored.append(model)
+        return [{"example_id": "e1", "loss": 1.5, "correct": None}]
+
+    a, b = scores_key("social_iqa|m", ["e1", "e2"]), scores_key("gsm8k|m", ["e1", "e2"])
+    assert a == scores_key("social_iqa|m", ["e2", "e1"]) and a != b
+    first = train_and_score(tmp_path, train, score, a)
+    assert train_and_score(tmp_path, train, score, a) == first and len(scored) == 1  # read back
+    train_and_score(tmp_path, train, score, b)  # the same adapter on another target: scored apart
+    assert len(scored) == 2 and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"scores-{a}.json", f"scores-{b}.json"]
+    )
+    (tmp_path / f"scores-{a}.json").write_text('{"test_key": "' + a + '", "per_example": [{"loss": 1}]')  # cut short
+    assert train_and_score(tmp_path, train, score, a) == first and len(scored) == 3

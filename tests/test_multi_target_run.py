@@ -1,0 +1,52 @@
+"""`python -m gtp_pipeline.multi_target` end to end on the tiny profile: two targets on one pool, each studied in
+its own child process, the pool's work and the full-pool fine-tune done once, one report over both."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from gtp_pipeline.instance import REPO_ROOT, instance_home
+
+
+def test_with_upstream_is_the_asset_and_everything_it_depends_on():
+    from gtp_pipeline.definitions import defs
+    from gtp_pipeline.demo import with_upstream
+
+    found = {k.to_user_string() for k in with_upstream(defs, ["target_gradients"])}
+    assert found == {"target_gradients", "target_examples", "raw_corpus", "warmup_checkpoints"}
+    with pytest.raises(ValueError, match="no asset named \\['nope'\\]"):
+        with_upstream(defs, ["nope"])
+
+
+def test_two_targets_share_the_pool_and_get_one_report(tmp_path):
+    root = tmp_path / "art"
+    env = {**os.environ, "GTP_PROFILE": "tiny", "GTP_ARTIFACT_ROOT": str(root)}
+    env.pop("GTP_TARGET_TASK", None)
+    command = [sys.executable, "-m", "gtp_pipeline.multi_target", "--targets", "social_iqa,gsm8k"]
+    command += ["--methods", "topk,random", "--budgets", "0.1", "--seeds", "0", "--full-seeds", "0"]
+    try:
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # the pool's stages ran for the first target only; the second found them up to date
+        log = done.stdout
+        assert log.count("materialized warmup_checkpoints") == 1 and "up to date  warmup_checkpoints" in log
+        assert log.count("materialized target_examples") == 4  # refreshed for each target in both stages
+        study = root / "variant_study"
+        shared = [p for p in (study / "shared" / "100pct" / "full").iterdir()]
+        assert len(shared) == 1  # one full-pool fine-tune, scored on both targets
+        assert len(list(shared[0].glob("scores-*.json"))) == 2
+        for target in ("social_iqa", "gsm8k"):
+            scores = pl.read_parquet(study / target / "per_example.parquet")
+            assert set(scores["method"]) == {"base", "full", "topk", "random"}
+            assert scores.filter(pl.col("method") == "full")["example_id"].n_unique() == 24  # that target's tests
+        report = (study / "multi_target.md").read_text()
+        assert "# Several targets, one pool: social_iqa, gsm8k" in report
+        assert "**social_iqa**" in report and "**gsm8k**" in report and "Not yet studied" not in report
+        assert (study / "multi_target_verdict_loss.png").stat().st_size > 1000
+    finally:
+        shutil.rmtree(instance_home("tiny", str(root)), ignore_errors=True)
