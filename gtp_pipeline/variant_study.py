@@ -67,7 +67,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.core.evaluate import evaluate
     from gtp_pipeline.core.lora_train import load_lora_model, train_lora
     from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown, scores_key
+    from gtp_pipeline.core.variant_study import parse_method, run_study, scores_key, study_markdown
 
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     profile, store = defs.resources["profile"], defs.resources["store"]

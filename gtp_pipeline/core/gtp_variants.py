@@ -5,6 +5,8 @@
 - targets="per_example": each dev example's trajectory as its own column, one shared support (`joint_gtp`).
 - targets="per_checkpoint": the mean target cut into its checkpoints' blocks, each block its own column (zero
   elsewhere), one shared support: each checkpoint's gradient is matched with its own weights (`joint_gtp`).
+- targets="pool_mean": the in-domain mode, no target task: the mean trajectory of the whole pool, so the selection
+  is a small set whose combined gradient stands in for the pool's (a coreset in the sense of CRAIG and GradMatch).
 - center=True: atoms and targets centered on the pool's mean trajectory first (`CenteredTrajectories`).
 
 A single target far outside the pool's cone saturates after a few atoms and the rest of the budget is fill
@@ -22,7 +24,7 @@ from gtp_pipeline.core.joint_pursuit import joint_gtp
 from gtp_pipeline.core.pursuit import PursuitConfig, Selection, gtp
 from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
 
-TARGET_MODES = ("mean", "per_subtask", "per_example", "per_checkpoint")
+TARGET_MODES = ("mean", "per_subtask", "per_example", "per_checkpoint", "pool_mean")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def target_matrix(
             raise ValueError(f"a {b.size}-dim trajectory does not split into {n_checkpoints} checkpoint blocks")
         d = b.size // n_checkpoints
         return np.stack([np.where(np.arange(b.size) // d == t, b, 0.0) for t in range(n_checkpoints)])
+    if variant.targets == "pool_mean":
+        raise ValueError("targets='pool_mean' is the pool's own mean: select_gtp computes it from the view")
     if variant.targets == "per_subtask":
         return target.per_subtask
     if per_example is None:
@@ -66,7 +70,10 @@ def select_gtp(
     per_example: TargetTrajectory | None = None,
 ) -> Selection:
     """GTP in the given variant; indices are rows of `view` whichever variant ran."""
-    B = target_matrix(variant, target, per_example, view.n_checkpoints)
+    if variant.targets == "pool_mean":
+        B = view.mean()[None, :].astype(np.float64)
+    else:
+        B = target_matrix(variant, target, per_example, view.n_checkpoints)
     if variant.center:
         view = CenteredTrajectories(view)
         B = view.center(B)

@@ -6,9 +6,12 @@ A method is named by a spec: "topk", "random", or "gtp" with options joined by "
                               match each subtask's / dev example's trajectory, or each checkpoint's block of the
                               target, jointly with one support (core/gtp_variants.py)
   centered                    on trajectories centered on the pool's mean (core/centered.py)
+  in_domain                   match the pool's own mean trajectory, not the target (a target-blind coreset)
   target_fill                 rank the fill by LESS's score against the target instead of the final residual
   weights                     train on GTP's fitted NNLS weights as loss weights instead of uniformly
-e.g. "gtp+per_example+centered". Every method at a budget trains on the same number of draws with the same recipe
+  swaps=N                     refinement passes after the support is full (PursuitConfig.swap_rounds, default 1)
+  pool_factor=F               atoms taken per pass, F x those still to add (PursuitConfig.pool_factor, default 2)
+e.g. "gtp+per_example+centered", "gtp+swaps=0". Every method at a budget trains on the same number of draws with the same recipe
 (the pipeline's equal-compute rule); "full" trains on the whole pool.
 
 Each run lives in its own folder named by what it trains on (the selected ids and weights, and the seed), so a
@@ -39,7 +42,8 @@ from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
 
 log = logging.getLogger(__name__)
 
-GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "centered", "target_fill", "weights")
+GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "in_domain", "centered", "target_fill", "weights")
+GTP_SETTINGS = {"swaps": ("swap_rounds", int), "pool_factor": ("pool_factor", float)}  # option=value -> PursuitConfig
 NEAR_DUPLICATE_COSINE = 0.95  # the threshold GTP's fill de-duplicates at (PursuitConfig.fill_max_cosine)
 
 
@@ -50,6 +54,7 @@ class StudyMethod:
     variant: GTPVariant = GTPVariant()
     fill: str = "residual"
     weighted: bool = False
+    pursuit: tuple[tuple[str, int | float], ...] = ()  # PursuitConfig fields set by option=value
 
 
 def parse_method(spec: str) -> StudyMethod:
@@ -61,15 +66,33 @@ def parse_method(spec: str) -> StudyMethod:
         return StudyMethod(spec.strip(), base)
     if base != "gtp":
         raise ValueError(f"unknown method {spec!r}: expected topk, random, or gtp[+{'+'.join(GTP_OPTIONS)}]")
-    unknown = [o for o in options if o not in GTP_OPTIONS]
-    if unknown or len(set(options)) != len(options):
-        raise ValueError(f"bad GTP options {options} in {spec!r}; each at most once, from {GTP_OPTIONS}")
-    targets = [o for o in options if o.startswith("per_")]
+    settings, flags = [o for o in options if "=" in o], [o for o in options if "=" not in o]
+    unknown = [o for o in flags if o not in GTP_OPTIONS] + [o for o in settings if o.split("=")[0] not in GTP_SETTINGS]
+    names = flags + [o.split("=")[0] for o in settings]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"bad GTP options {options} in {spec!r}; each at most once, from {GTP_OPTIONS} or "
+            f"{', '.join(f'{k}=<number>' for k in GTP_SETTINGS)}"
+        )
+    pursuit = []
+    for option in settings:
+        name, value = option.split("=", 1)
+        field, kind = GTP_SETTINGS[name]
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(
+                f"{spec!r}: {name} takes {'an integer' if kind is int else 'a number'}, got {value!r}"
+            ) from None
+        if number < 0 or (name == "pool_factor" and number <= 0):
+            raise ValueError(f"{spec!r}: {name} must be {'> 0' if name == 'pool_factor' else '>= 0'}, got {value}")
+        pursuit.append((field, number))
+    targets = [o for o in flags if o.startswith("per_")] + (["pool_mean"] if "in_domain" in flags else [])
     if len(targets) > 1:
-        raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint")
-    variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in options)
-    fill = "target" if "target_fill" in options else "residual"
-    return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in options)
+        raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint, in_domain")
+    variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in flags)
+    fill = "target" if "target_fill" in flags else "residual"
+    return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in flags, tuple(pursuit))
 
 
 def select(
@@ -80,7 +103,7 @@ def select(
     k: int,
     seed: int = 0,
 ) -> Selection:
-    config = PursuitConfig(budget=k, seed=seed, fill=method.fill)
+    config = PursuitConfig(budget=k, seed=seed, fill=method.fill, **dict(method.pursuit))
     if method.base == "topk":
         return less_topk(view, target, config)
     if method.base == "random":

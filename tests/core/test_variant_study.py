@@ -23,6 +23,32 @@ def test_method_specs_parse_into_variants():
     for bad in ("gtp+per_example+per_subtask", "gtp+centred", "topk+centered", "lesss", "gtp+weights+weights"):
         with pytest.raises(ValueError):
             parse_method(bad)
+    assert parse_method("gtp+in_domain").variant == GTPVariant("pool_mean")
+    assert parse_method("gtp+swaps=3+pool_factor=0.5").pursuit == (("swap_rounds", 3), ("pool_factor", 0.5))
+    for bad, says in (
+        ("gtp+swaps=x", "swaps takes an integer"),
+        ("gtp+pool_factor=0", "pool_factor must be > 0"),
+        ("gtp+swaps=1+swaps=2", "each at most once"),
+        ("gtp+swap=1", "swaps=<number>"),
+        ("gtp+in_domain+per_example", "choose one of"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            parse_method(bad)
+
+
+def test_in_domain_matches_the_pool_mean_and_pursuit_settings_reach_the_pursuit():
+    from gtp_pipeline.core.pursuit import PursuitConfig, gtp
+    from gtp_pipeline.core.variant_study import select
+
+    view, target, per_example, _ = pool(n=60, d=16)
+    A = view.gather(np.arange(60)).astype(np.float64)
+    in_domain = select(parse_method("gtp+in_domain"), view, target, per_example, 8)
+    oracle = gtp(view, A.mean(axis=0), PursuitConfig(budget=8))  # the mean computed here, independently
+    assert np.array_equal(in_domain.indices, oracle.indices)
+    assert not np.array_equal(in_domain.indices, select(parse_method("gtp"), view, target, per_example, 8).indices)
+    no_swaps = select(parse_method("gtp+swaps=0"), view, target, per_example, 8)
+    direct = gtp(view, target.vector, PursuitConfig(budget=8, swap_rounds=0))
+    assert np.array_equal(no_swaps.indices, direct.indices) and np.allclose(no_swaps.weights, direct.weights)
 
 
 def pool(n=24, d=12, seed=0):
