@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 TEST_ARGS ?= -m "not slow and not cuda"
 
-.PHONY: setup data system demo study ui test test-all test-gpu bench-quick device-wheels style quality clean
+.PHONY: setup data system demo study multi-target ui test test-all test-gpu bench-quick device-wheels style quality clean
 
 setup: $(SETUP_STAMP) data
 
@@ -44,6 +44,10 @@ demo: setup
 # Every selection method and GTP variant fine-tuned with several seeds, with a verdict (after `make demo`).
 study: setup
 	GTP_PROFILE=$${GTP_PROFILE:-demo} $(BIN)/python -m gtp_pipeline.variant_study $(STUDY_ARGS)
+
+# The study on several targets over one pool (hours on a CPU; resumes after a kill). MULTI_ARGS passes options.
+multi-target: setup
+	GTP_PROFILE=$${GTP_PROFILE:-multitarget} $(BIN)/python -m gtp_pipeline.multi_target $(MULTI_ARGS)
 
 # The UI on the profile's own instance (.dagster/<profile>/, see gtp_pipeline/instance.py).
 ui: setup

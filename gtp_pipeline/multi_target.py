@@ -14,7 +14,10 @@ up to date, since the pool is decontaminated against every target of the profile
   report   variant_study/multi_target.md and its forest plot (core/multi_target.py)
 
 `--stage all` (the default) runs the three in order. Point it at your own data with GTP_PROFILE=full,
-GTP_CORPUS_FILES and `--targets` naming packaged tasks (gsm8k, BIG-bench task paths such as strategyqa).
+GTP_CORPUS_FILES and `--targets` naming packaged tasks (gsm8k, BIG-bench task paths such as strategyqa). There the
+pool is decontaminated against the active target only, so a pool that holds rows of one of the targets gets a
+corpus version (and gradient stores) of its own for that target; a profile that lists its targets in
+`contamination_targets` (as multitarget does) has one pool for all.
 """
 
 from __future__ import annotations
