@@ -1,5 +1,8 @@
 """`make demo`: materialize the whole pipeline on the embedded instance, skipping what is up to date.
 
+It observes the input sources first (the target and pool files by content, and the settings each stage reads:
+gtp_pipeline/assets/inputs.py), so that an edited file or setting reruns exactly the stages it shapes.
+
     GTP_PROFILE=demo python -m gtp_pipeline.demo      # what `make demo` runs, from the repo root
     python -m gtp_pipeline.demo --through target_gradients   # only that asset and what it depends on
     python -m gtp_pipeline.demo --refresh target_examples    # and rerun it although Dagster sees no change
@@ -45,7 +48,7 @@ def needs_run(
 def _stages(defs: dg.Definitions) -> list[list[dg.AssetKey]]:
     """Asset keys in dependency order, grouped by the node that materializes them together."""
     graph = defs.resolve_asset_graph()
-    stages, seen = [], set()
+    stages, seen = [], set(graph.observable_asset_keys)  # sources are observed, not materialized
     for key in graph.toposorted_asset_keys:
         if key in seen:
             continue
@@ -110,12 +113,15 @@ def run_demo(
     """Materialize every stale or missing asset (partition) in dependency order, or only those in `only` (and the
     assets materialized together with them), and those in `refresh` even when up to date; return what happened.
 
-    `refresh` is for inputs Dagster cannot see change: the target task chosen by GTP_TARGET_TASK, for one."""
+    `refresh` is for inputs the observed sources do not cover (a model folder rewritten in place, for one)."""
     for run_id in release_orphaned_runs(instance):
         log(f"  released    run {run_id} (its process is gone)")
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     report = []
+    if sources := sorted(graph.observable_asset_keys):  # first, so that a changed file or setting shows as stale
+        job.execute_in_process(instance=instance, asset_selection=sources, raise_on_error=True)
+        log(f"  observed    {', '.join(k.to_user_string() for k in sources)}")
     for keys in _stages(defs):
         if only is not None and not only.intersection(keys):
             continue

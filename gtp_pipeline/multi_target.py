@@ -66,7 +66,7 @@ def _child(module: str, args: list[str], env: dict[str, str], log) -> None:
 def study_target(target: str, args: argparse.Namespace, full_seeds: str, log=print) -> None:
     """Materialize what `target`'s study reads, then run the study (resuming whatever it finished before)."""
     env = {**os.environ, "GTP_TARGET_TASK": target}
-    _child("gtp_pipeline.demo", ["--through", NEEDS, "--refresh", "target_examples"], env, log)
+    _child("gtp_pipeline.demo", ["--through", NEEDS], env, log)  # target_input sees the target change
     study = ["--methods", args.methods, "--budgets", args.budgets, "--seeds", args.seeds, "--full-seeds", full_seeds]
     _child("gtp_pipeline.variant_study", study, env, log)
 

@@ -80,8 +80,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     if materialized != [settings.target.name]:
         raise SystemExit(
             f"the materialized target_examples are {materialized}, the profile's target is {settings.target.name!r}: "
-            "run `python -m gtp_pipeline.demo --through target_gradients,gradient_trajectories --refresh "
-            "target_examples` first (Dagster does not see GTP_TARGET_TASK change)"
+            "run `python -m gtp_pipeline.demo --through target_gradients,gradient_trajectories` with this target first"
         )
     view, target, per_example, keys, _, _ = open_trajectories(instance, raw_corpus, target_examples, profile, store)
     by_id = {r["example_id"]: r for r in raw_corpus.iter_rows(named=True)}

@@ -83,7 +83,7 @@ def embeddings(
     group_name="clusterclip",
     kinds={"torch", "parquet"},
     code_version=CLUSTERCLIP_CODE_VERSION,
-    deps=["embeddings"],
+    deps=["embeddings", "cluster_recipe"],
 )
 def clusters(
     context: dg.AssetExecutionContext,
@@ -179,6 +179,7 @@ def clusters(
     group_name="clusterclip",
     kinds={"numpy", "parquet"},
     code_version=CLUSTERCLIP_CODE_VERSION,
+    deps=["cluster_recipe", "selection_recipe"],
 )
 def clusterclip_plan(context: dg.AssetExecutionContext, clusters, profile: ProfileResource, config: PlanConfig):
     """Sampling streams (step -> example_id) per budget: ClusterClip, and the paper's random and uniform baselines."""

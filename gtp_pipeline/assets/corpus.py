@@ -27,6 +27,7 @@ CORPUS_CODE_VERSION = "1"
         ),
     },
     group_name="corpus",
+    deps=["target_input"],
 )
 def target(context: dg.AssetExecutionContext, profile: ProfileResource):
     """Read the target task, check each row, split dev/test; every row read lands in exactly one of the two."""
@@ -85,6 +86,7 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
         ),
     },
     group_name="corpus",
+    deps=["pool_input"],
 )
 def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: ArtifactStore, target_examples):
     """Read every pool source, validate, de-duplicate, drop target contamination, and id each example."""

@@ -70,7 +70,7 @@ def _latest_finetunes(instance) -> list[dict]:
     group_name="evaluation",
     kinds={"torch", "parquet"},
     code_version=EVALUATION_CODE_VERSION,
-    deps=ALL_FINETUNES,
+    deps=[*ALL_FINETUNES, "finetune_recipe"],
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     automation_condition=ON_INPUT_DATA_CHANGE,

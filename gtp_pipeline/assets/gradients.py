@@ -56,6 +56,7 @@ def lora_config(
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
+    deps=["warmup_recipe"],
 )
 def warmup_checkpoints(
     context: dg.AssetExecutionContext,
@@ -149,7 +150,7 @@ def feature_config(profile: ProfileResource, kind: str):
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
-    deps=["warmup_checkpoints"],
+    deps=["warmup_checkpoints", "feature_recipe"],
     automation_condition=ON_INPUT_DATA_CHANGE,
 )
 def gradient_shards(
@@ -283,6 +284,7 @@ def _featurize_partitions(
     retry_policy=TRANSIENT,
     deps=[
         "warmup_checkpoints",
+        "feature_recipe",
         dg.AssetDep(
             "gradient_shards",
             partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="checkpoint"),
@@ -318,7 +320,7 @@ def gradient_trajectories(
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
-    deps=["warmup_checkpoints"],
+    deps=["warmup_checkpoints", "feature_recipe"],
 )
 def target_gradients(
     context: dg.AssetExecutionContext,

@@ -253,7 +253,7 @@ def _selection_asset(method: str, description: str):
         group_name="selection",
         kinds={"numpy", "parquet"},
         code_version=SELECTION_CODE_VERSION,
-        deps=ALL_CHECKPOINTS,
+        deps=[*ALL_CHECKPOINTS, "selection_recipe"],
         automation_condition=ON_INPUT_DATA_CHANGE,
     )
     def _asset(

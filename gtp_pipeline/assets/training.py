@@ -54,6 +54,7 @@ def training_set(run: str, raw_corpus, selections: dict, clusterclip_plan, epoch
     group_name="training",
     kinds={"torch", "safetensors"},
     code_version=TRAINING_CODE_VERSION,
+    deps=["finetune_recipe"],
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     retry_policy=TRANSIENT,
