@@ -8,6 +8,7 @@ import os
 
 import dagster as dg
 
+from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
 # A reject share above this warns: usually a schema mismatch in the user's files, not bad rows.
@@ -28,16 +29,28 @@ def raw_corpus_ids_unique(raw_corpus) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset="raw_corpus",
-    description="Target examples kept in the pool (contamination policy 'flag') are reported; none is expected.",
+    additional_ins={"target_examples": dg.AssetIn()},
+    description="No pool prompt is a target prompt, checked anew against the target (and every target the profile "
+    "lists): under policy 'exclude' one would be an error; under 'flag' the kept ones are reported as a warning.",
 )
-def raw_corpus_contamination(raw_corpus) -> dg.AssetCheckResult:
-    flagged = raw_corpus.filter(raw_corpus["contaminated"])
+def raw_corpus_contamination(raw_corpus, target_examples, profile: ProfileResource) -> dg.AssetCheckResult:
+    from gtp_pipeline.core.corpus import prompt_key
+    from gtp_pipeline.core.targets import contamination_keys
+
+    settings = profile.settings()
+    keys = contamination_keys(target_examples["prompt"], settings.contamination_targets)
+    matching = [
+        eid for eid, p in zip(raw_corpus["example_id"], raw_corpus["prompt"], strict=True) if prompt_key(p) in keys
+    ]
+    policy = settings.corpus.contamination
     return dg.AssetCheckResult(
-        passed=flagged.height == 0,
-        severity=dg.AssetCheckSeverity.WARN,
+        passed=not matching,
+        severity=dg.AssetCheckSeverity.ERROR if policy == "exclude" else dg.AssetCheckSeverity.WARN,
         metadata={
-            "contaminated_in_pool": flagged.height,
-            "example_ids": ", ".join(flagged["example_id"].head(20).to_list()),
+            "policy": policy,
+            "target_prompts_in_pool": len(matching),
+            "flagged_contaminated": int(raw_corpus["contaminated"].sum()),
+            "example_ids": ", ".join(matching[:20]),
         },
     )
 
@@ -152,3 +165,92 @@ def _store_check(asset: str):
 
 gradient_stores_sound = _store_check("gradient_trajectories")
 target_stores_sound = _store_check("target_gradients")
+
+
+@dg.asset_check(
+    asset="evaluation",
+    description="The base model and every materialized fine-tune (run x seed) are scored, and every loss is finite.",
+)
+def evaluation_complete(context, evaluation) -> dg.AssetCheckResult:
+    import math
+
+    from gtp_pipeline.partitions import finetune_partitions
+
+    trained = {
+        tuple(finetune_partitions.get_partition_key_from_str(k).keys_by_dimension.values())
+        for k in context.instance.get_materialized_partitions(dg.AssetKey("finetuned_model"))
+    }
+    scored = {(r["run"], str(r["seed"])) for r in evaluation.iter_rows(named=True)}
+    unscored = sorted("|".join(k) for k in trained if (k[0], k[1]) not in scored)
+    non_finite = [f"{r['run']}|{r['seed']}" for r in evaluation.iter_rows(named=True) if not math.isfinite(r["loss"])]
+    has_base = any(r == "base" for r, _ in scored)
+    return dg.AssetCheckResult(
+        passed=has_base and not unscored and not non_finite,
+        metadata={
+            "models_scored": len(scored),
+            "fine_tunes_materialized": len(trained),
+            "base_model_scored": has_base,
+            "unscored": ", ".join(unscored[:20]) or "none",
+            "non_finite_loss": ", ".join(non_finite[:20]) or "none",
+        },
+    )
+
+
+@dg.asset_check(
+    asset="clusters",
+    additional_ins={"raw_corpus": dg.AssetIn()},
+    description="Every pool example has exactly one cluster, a label in [0, K), and a finite similarity in [-1, 1].",
+)
+def clusters_cover_the_pool(clusters, raw_corpus) -> dg.AssetCheckResult:
+    import polars as pl
+
+    missing = raw_corpus.height - clusters.join(raw_corpus.select("example_id"), on="example_id", how="semi").height
+    repeated = clusters.height - clusters["example_id"].n_unique()
+    n_clusters = clusters["cluster"].n_unique()
+    bad_label = int((clusters["cluster"] < 0).sum())
+    similarity = clusters["similarity"].cast(pl.Float64)
+    bad_similarity = int((~similarity.is_finite() | (similarity.abs() > 1 + 1e-4)).sum())
+    return dg.AssetCheckResult(
+        passed=not (missing or repeated or bad_label or bad_similarity or clusters.height != raw_corpus.height),
+        metadata={
+            "rows": clusters.height,
+            "pool_examples_without_cluster": missing,
+            "repeated_examples": repeated,
+            "clusters_used": n_clusters,
+            "negative_labels": bad_label,
+            "bad_similarities": bad_similarity,
+        },
+    )
+
+
+@dg.asset_check(
+    asset="embeddings",
+    additional_ins={"raw_corpus": dg.AssetIn()},
+    description="The embedding store of this corpus is complete, its chunks match their checksums, rows are unit "
+    "vectors.",
+)
+def embeddings_sound(raw_corpus, store: ArtifactStore) -> dg.AssetCheckResult:
+    import numpy as np
+
+    from gtp_pipeline.assets.locations import corpus_version, embeddings_path
+    from gtp_pipeline.core.feature_store import FeatureStore
+
+    path = embeddings_path(store, corpus_version(raw_corpus))
+    if not (path / "zarr.json").exists():
+        return dg.AssetCheckResult(passed=False, metadata={"problems": f"no embedding store at {path}"})
+    fs = FeatureStore.open(path)
+    problems = []
+    if fs.meta.n_rows != raw_corpus.height or not fs.is_complete():
+        problems.append(
+            f"{fs.meta.n_rows} rows (expected {raw_corpus.height}), {len(fs.missing_chunks())} chunks missing"
+        )
+    else:
+        problems += [f"chunk {c}: {p}" for c in range(fs.n_chunks) if (p := fs.chunk_problem(c))][:3]
+        if not problems:
+            norms = np.concatenate(
+                [np.linalg.norm(fs.read_chunk(c).astype(np.float64), axis=1) for c in range(fs.n_chunks)]
+            )
+            valid = fs.valid_mask()
+            if not np.allclose(norms[valid], 1.0, atol=1e-2):
+                problems.append(f"row norms from {norms[valid].min():.3f} to {norms[valid].max():.3f}, not 1")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})

@@ -17,7 +17,12 @@ def test_with_upstream_is_the_asset_and_everything_it_depends_on():
     from gtp_pipeline.demo import with_upstream
 
     found = {k.to_user_string() for k in with_upstream(defs, ["target_gradients"])}
-    assert found == {"target_gradients", "target_examples", "raw_corpus", "warmup_checkpoints"}
+    assert found == {"target_gradients", "target_examples", "raw_corpus", "warmup_checkpoints"} | {
+        "target_input",
+        "pool_input",
+        "warmup_recipe",
+        "feature_recipe",
+    }
     with pytest.raises(ValueError, match="no asset named \\['nope'\\]"):
         with_upstream(defs, ["nope"])
 

@@ -91,18 +91,15 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
 def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: ArtifactStore, target_examples):
     """Read every pool source, validate, de-duplicate, drop target contamination, and id each example."""
     from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.corpus import REJECT_COLUMNS, build_corpus, prompt_key, table_version
+    from gtp_pipeline.core.corpus import REJECT_COLUMNS, build_corpus, table_version
     from gtp_pipeline.core.plots import histogram_png
     from gtp_pipeline.core.pool import read_pool
     from gtp_pipeline.core.records import Reject, RejectReason, summarize_rejects
-    from gtp_pipeline.core.targets import all_target_prompts
+    from gtp_pipeline.core.targets import contamination_keys
 
     with fail_fast():  # a missing corpus file is a setting to fix: no retry
         settings = profile.settings()
-        prompts = list(target_examples["prompt"])
-        for spec in settings.contamination_targets:  # every row of every listed target, drawn or not
-            prompts.extend(all_target_prompts(spec))
-        target_prompts = frozenset(prompt_key(p) for p in prompts)
+        target_prompts = contamination_keys(target_examples["prompt"], settings.contamination_targets)
         built = build_corpus(read_pool(settings.pool), settings.corpus, target_prompts)
     pool, rejects = built.corpus, built.rejects
     refused = [Reject(**row) for row in rejects.to_dicts()]

@@ -14,13 +14,28 @@ FILE_KIND, SETTINGS_KIND = {"dagster/kind/file": ""}, {"dagster/kind/settings": 
 warnings.filterwarnings("ignore", message=".*observable_source_asset.*", category=dg.BetaWarning)
 
 
+def _observed(described: dict) -> dg.ObserveResult:
+    """The version of what was read, and what it is, as metadata the UI shows (settings values, file digests)."""
+    import json
+
+    from gtp_pipeline.core.input_versions import input_version
+
+    metadata = {
+        key: value
+        if isinstance(value, int | float | str | bool)
+        else dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
+        for key, value in described.items()
+    }
+    return dg.ObserveResult(data_version=dg.DataVersion(input_version(described)), metadata=metadata)
+
+
 @dg.observable_source_asset(
     group_name=GROUP, tags=FILE_KIND, description="The target task: its spec and its files' content."
 )
-def target_input(profile: ProfileResource) -> dg.DataVersion:
-    from gtp_pipeline.core.input_versions import target_input_version
+def target_input(profile: ProfileResource) -> dg.ObserveResult:
+    from gtp_pipeline.core import input_versions
 
-    return dg.DataVersion(target_input_version(profile.settings()))
+    return _observed(input_versions.target_input(profile.settings()))
 
 
 @dg.observable_source_asset(
@@ -28,20 +43,20 @@ def target_input(profile: ProfileResource) -> dg.DataVersion:
     tags=FILE_KIND,
     description="The pool: its sources, the corpus rules, the targets it is decontaminated against, its files' content.",
 )
-def pool_input(profile: ProfileResource) -> dg.DataVersion:
-    from gtp_pipeline.core.input_versions import pool_input_version
+def pool_input(profile: ProfileResource) -> dg.ObserveResult:
+    from gtp_pipeline.core import input_versions
 
-    return dg.DataVersion(pool_input_version(profile.settings()))
+    return _observed(input_versions.pool_input(profile.settings()))
 
 
 def _recipe(name: str, shapes: str):
     @dg.observable_source_asset(
         name=name, group_name=GROUP, tags=SETTINGS_KIND, description=f"The settings that shape {shapes}."
     )
-    def observe(profile: ProfileResource) -> dg.DataVersion:
-        from gtp_pipeline.core.input_versions import recipe_version
+    def observe(profile: ProfileResource) -> dg.ObserveResult:
+        from gtp_pipeline.core.input_versions import recipe_settings
 
-        return dg.DataVersion(recipe_version(profile.settings(), name))
+        return _observed(recipe_settings(profile.settings(), name))
 
     return observe
 

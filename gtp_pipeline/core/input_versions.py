@@ -81,32 +81,45 @@ def _files_version(paths: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def recipe_version(profile: Profile, recipe: str) -> str:
-    """The version of one recipe's settings in `profile`."""
+def recipe_settings(profile: Profile, recipe: str) -> dict[str, Any]:
+    """{"section.field": value} of one recipe's settings in `profile`."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
-    values = {}
-    for name in RECIPES[recipe]:
-        section, field = name.split(".")
-        values[name] = getattr(getattr(profile, section), field)
-    return _digest(values)
+    return {name: getattr(getattr(profile, name.split(".")[0]), name.split(".")[1]) for name in RECIPES[recipe]}
+
+
+def recipe_version(profile: Profile, recipe: str) -> str:
+    """The version of one recipe's settings in `profile`."""
+    return _digest(recipe_settings(profile, recipe))
+
+
+def target_input(profile: Profile) -> dict[str, Any]:
+    """What the target stage reads: the task's spec and the content of the user's target files (packaged tasks are
+    pinned data, installed sha256-checked)."""
+    spec = profile.target
+    return {"spec": asdict(spec), "files": _files_version(spec.files)}
+
+
+def pool_input(profile: Profile) -> dict[str, Any]:
+    """What the corpus stage reads: the pool's sources and rules, the targets it is decontaminated against, and the
+    content of the user's files."""
+    return {
+        "pool": [asdict(s) for s in profile.pool],
+        "corpus": asdict(profile.corpus),
+        "contamination_targets": [asdict(t) for t in profile.contamination_targets],
+        "target_files": _files_version(tuple(f for t in profile.contamination_targets for f in t.files)),
+        "files": _files_version(tuple(f for source in profile.pool for f in source.files)),
+    }
+
+
+def input_version(described: dict[str, Any]) -> str:
+    """The version of what `target_input`, `pool_input` or `recipe_settings` describe."""
+    return _digest(described)
 
 
 def target_input_version(profile: Profile) -> str:
-    """The target task's spec, and the content of the user's target files (packaged tasks are pinned data)."""
-    spec = profile.target
-    return _digest({"spec": asdict(spec), "files": _files_version(spec.files)})
+    return input_version(target_input(profile))
 
 
 def pool_input_version(profile: Profile) -> str:
-    """The pool's sources and rules, the targets it is decontaminated against, and the content of the user's files."""
-    files = tuple(f for source in profile.pool for f in source.files)
-    return _digest(
-        {
-            "pool": [asdict(s) for s in profile.pool],
-            "corpus": asdict(profile.corpus),
-            "contamination_targets": [asdict(t) for t in profile.contamination_targets],
-            "target_files": _files_version(tuple(f for t in profile.contamination_targets for f in t.files)),
-            "files": _files_version(files),
-        }
-    )
+    return input_version(pool_input(profile))

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.config_errors import ConfigurationError, require_files
-from gtp_pipeline.core.corpus import REJECT_COLUMNS, clean_text, content_hash, normalize, text_problem
+from gtp_pipeline.core.corpus import REJECT_COLUMNS, clean_text, content_hash, normalize, prompt_key, text_problem
 from gtp_pipeline.core.fetch import bigbench_dir
 from gtp_pipeline.core.packaged import package_dir
 from gtp_pipeline.core.records import RawRecord, Reject, RejectReason, TargetExample, summarize_rejects
@@ -339,6 +339,15 @@ def all_target_prompts(spec: TargetSpec, data_root: Path | None = None) -> list[
     against this task must not contain, whichever of its rows a run happens to draw."""
     candidates, _, _ = _candidates(spec, data_root)
     return [example.prompt for example, _ in candidates]
+
+
+def contamination_keys(drawn_prompts: Iterable[str], listed: Iterable[TargetSpec] = ()) -> frozenset[str]:
+    """The prompt keys (core.corpus.prompt_key) a pool must not contain: the active target's drawn prompts and
+    every row of each listed target."""
+    prompts = list(drawn_prompts)
+    for spec in listed:
+        prompts.extend(all_target_prompts(spec))
+    return frozenset(prompt_key(p) for p in prompts)
 
 
 def load_target(

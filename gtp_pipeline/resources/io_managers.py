@@ -20,7 +20,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
         partition = context.partition_key if context.has_partition_key else None
         path = write_parquet(obj, self._path(context.asset_key, partition))
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "row_count": obj.height})
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "dagster/row_count": obj.height})
 
     def load_input(self, context: dg.InputContext):
         from gtp_pipeline.core.atomic import read_parquet

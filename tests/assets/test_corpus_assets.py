@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from gtp_pipeline import checks
 from gtp_pipeline.assets import corpus
@@ -135,3 +136,34 @@ def test_a_multi_target_pool_is_decontaminated_against_every_row_of_every_listed
     assert planted[2] in pool_frame["prompt"].to_list()
     meta = materialization(result, "raw_corpus").metadata
     assert meta["decontaminated_against"].value == "social_iqa, date_understanding, gsm8k"
+
+
+@pytest.mark.parametrize("policy", ["exclude", "flag"])
+def test_the_contamination_check_rechecks_the_pool_under_the_active_policy(tmp_path, monkeypatch, policy):
+    from dataclasses import replace
+
+    from gtp_pipeline.core import profiles
+
+    full = profiles.PROFILES["full"]
+    monkeypatch.setitem(profiles.PROFILES, "full", replace(full, corpus=replace(full.corpus, contamination=policy)))
+    target = tmp_path / "target.jsonl"
+    target.write_text(
+        "\n".join(json.dumps({"prompt": f"What is {i} + {i}?", "response": str(2 * i)}) for i in range(8))
+    )
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        json.dumps({"prompt": "what is 3 +  3?", "response": "6"})
+        + "\n"
+        + json.dumps({"prompt": "Hi", "response": "Hello"})
+    )
+    monkeypatch.setenv("GTP_CORPUS_FILES", str(pool))
+    monkeypatch.setenv("GTP_TARGET_FILES", str(target))
+    result = dg.materialize(ASSETS, resources=resources_for_profile("full", artifact_root=str(tmp_path / "art")))
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "raw_corpus_contamination"]
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert meta["policy"] == policy
+    if policy == "exclude":  # refused by the corpus stage, so the re-check finds none
+        assert check.passed and meta["target_prompts_in_pool"] == 0
+    else:  # kept and flagged: the check says so, as a warning
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert meta["target_prompts_in_pool"] == 1 and meta["flagged_contaminated"] == 1

@@ -33,4 +33,4 @@ def test_parquet_io_manager_writes_under_asset_key_and_reads_back(tmp_path):
     assert result.success
     assert pl.read_parquet(tmp_path / "doubled" / "data.parquet")["x"].to_list() == [2, 4, 6]
     meta = result.asset_materializations_for_node("table")[0].metadata
-    assert meta["row_count"].value == 3
+    assert meta["dagster/row_count"].value == 3
