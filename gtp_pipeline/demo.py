@@ -164,10 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := refresh - set(defs.resolve_asset_graph().get_all_asset_keys()):
         raise SystemExit(f"--refresh: no asset named {sorted(k.to_user_string() for k in unknown)}")
 
-    profile = defs.resources["profile"].name
-    store_root = defs.resources["store"].root
+    from gtp_pipeline.core.atomic import write_bytes
+    from gtp_pipeline.core.run_config import profile_yaml
+
+    resource = defs.resources["profile"]
+    profile, store_root = resource.name, defs.resources["store"].root
     home = instance_home(profile, store_root)
-    print(f"gtp_pipeline demo: profile={profile}, artifacts under {store_root}, instance {home}")
+    source = f"configuration {resource.config_file}" if resource.config_file else f"profile={profile}"
+    print(f"gtp_pipeline demo: {source}, artifacts under {store_root}, instance {home}")
+    resolved = defs.resources["store"].path_for("run_config.yaml")  # what this run used, every setting resolved
+    write_bytes(profile_yaml(resource.settings()).encode(), resolved)
+    print(f"resolved settings: {resolved}")
     instance = dg.DagsterInstance.from_config(str(home))
     start = time.perf_counter()
     run_demo(defs, instance, only=only, refresh=refresh)

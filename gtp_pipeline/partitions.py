@@ -19,9 +19,13 @@ checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint,
 
 
 def _profile_for_partitions():
-    """The profile GTP_PROFILE names, without the user-file checks (partitions only need its budgets and seeds)."""
+    """The configuration file GTP_CONFIG names, else the profile GTP_PROFILE names, without the user-file checks
+    (partitions only need its budgets and seeds)."""
     from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV, PROFILES
+    from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
 
+    if os.environ.get(CONFIG_ENV):
+        return load_run_config(os.environ[CONFIG_ENV])
     return PROFILES.get(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE), PROFILES[DEFAULT_PROFILE])
 
 

@@ -98,7 +98,8 @@ class Profile:
     clusters: ClusterSettings = field(default_factory=ClusterSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     gradients: GradientSettings = field(default_factory=GradientSettings)
-    model: str = "hf_folder"  # "tiny" (random Llama) | "smollm2" (packaged GGUF) | "hf_folder" ($GTP_MODEL_DIR)
+    model: str = "hf_folder"  # "tiny" (random Llama) | "smollm2" (packaged GGUF) | "hf_folder" (model_dir)
+    model_dir: str = ""  # hf_folder: the local Hugging Face model folder; "" = $GTP_MODEL_DIR
     # Targets besides the active one that the pool must not contain, every row of each. A multi-target
     # experiment lists all its targets here, so that the pool, the warm-up and the pool's gradient stores are
     # the same whichever target is active, and GTP_TARGET_TASK picks the active one among them by name.
@@ -260,10 +261,20 @@ def get_profile(
     """
     if name not in PROFILES:
         raise ProfileError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
-    profile = PROFILES[name]
+    return with_user_inputs(PROFILES[name], corpus_files, target_files, target_task)
+
+
+def with_user_inputs(
+    profile: Profile,
+    corpus_files: tuple[str, ...] = (),
+    target_files: tuple[str, ...] = (),
+    target_task: str | None = None,
+) -> Profile:
+    """`profile` with the user's files or a packaged target task put in where given (see get_profile)."""
+    name = profile.name
     if corpus_files:
         user = SourceSpec("files", files=tuple(corpus_files))
-        profile = replace(profile, pool=(user,) if name == "full" else (*profile.pool, user))
+        profile = replace(profile, pool=(*profile.pool, user))  # full has no pool of its own
     if target_files:
         profile = replace(
             profile, target=replace(profile.target, name="target", kind="files", files=tuple(target_files), tasks=())
@@ -276,12 +287,13 @@ def get_profile(
         profile = replace(profile, target=chosen)
     if not profile.pool:
         raise ProfileError(
-            "profile 'full' reads the user's corpus: set GTP_CORPUS_FILES (paths separated by ':' or ',', or a JSON "
-            "array of paths)"
+            f"profile {name!r} has no pool: set GTP_CORPUS_FILES (paths separated by ':' or ',', or a JSON array of "
+            "paths), or give `pool` in the configuration file (GTP_CONFIG)"
         )
     if profile.target.kind == "files" and not profile.target.files:
         raise ProfileError(
-            "profile 'full' needs a target: set GTP_TARGET_FILES, or GTP_TARGET_TASK to a packaged task"
+            f"profile {name!r} needs a target: set GTP_TARGET_FILES, or GTP_TARGET_TASK to a packaged task, or give "
+            "`target` in the configuration file (GTP_CONFIG)"
         )
     return profile
 

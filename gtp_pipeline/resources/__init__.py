@@ -3,7 +3,8 @@
 import os
 from pathlib import Path
 
-from gtp_pipeline.core.profiles import PROFILES, split_paths
+from gtp_pipeline.core.profiles import PROFILES, Profile, split_paths
+from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.io_managers import ParquetIOManager
@@ -20,24 +21,30 @@ def default_artifact_root(profile: str) -> str:
     return os.environ.get(ARTIFACT_ROOT_ENV) or str(REPO_ROOT / "artifacts" / profile)
 
 
-def model_source_for_profile(profile: str) -> ModelSource:
-    """The profile's model: a random Llama (tiny), SmolLM2 from its package (demo, experiment), or
-    $GTP_MODEL_DIR, a local HF folder (full)."""
-    kind = PROFILES[profile].model if profile in PROFILES else "hf_folder"
-    if kind == "tiny":
+def model_source_for_profile(profile: str | Profile) -> ModelSource:
+    """The profile's model: a random Llama (tiny), SmolLM2 from its package (demo, experiment), or a local HF folder
+    (full: the configuration's model_dir, else $GTP_MODEL_DIR)."""
+    if isinstance(profile, str):
+        profile = PROFILES.get(profile, PROFILES["full"])
+    if profile.model == "tiny":
         return TinyModelSource()
-    if kind == "smollm2":
+    if profile.model == "smollm2":
         cache = os.environ.get("GTP_MODEL_CACHE") or str(REPO_ROOT / ".data" / "models")
         return SmolLM2Source(cache_dir=cache)
-    return HFFolderSource(path=os.environ.get(MODEL_DIR_ENV, ""))
+    return HFFolderSource(path=profile.model_dir or os.environ.get(MODEL_DIR_ENV, ""))
 
 
-def resources_for_profile(profile: str, artifact_root: str | None = None) -> dict:
-    """Every resource the assets need, configured for `profile` (tiny | demo | full)."""
+def resources_for_profile(profile: str, artifact_root: str | None = None, config_file: str | None = None) -> dict:
+    """Every resource the assets need, configured for `profile` (tiny | demo | ...), or for the run configuration
+    file `config_file` (default $GTP_CONFIG), whose name then replaces the profile's."""
+    config_file = os.environ.get(CONFIG_ENV, "") if config_file is None else config_file
+    settings = load_run_config(config_file) if config_file else PROFILES.get(profile, PROFILES["full"])
+    profile = settings.name if config_file else profile
     store = ArtifactStore(root=artifact_root or default_artifact_root(profile))
     return {
         "profile": ProfileResource(
             name=profile,
+            config_file=str(Path(config_file).resolve()) if config_file else "",
             corpus_files=list(split_paths(os.environ.get("GTP_CORPUS_FILES"), "GTP_CORPUS_FILES")),
             target_files=list(split_paths(os.environ.get("GTP_TARGET_FILES"), "GTP_TARGET_FILES")),
             target_task=os.environ.get("GTP_TARGET_TASK") or None,
@@ -46,7 +53,7 @@ def resources_for_profile(profile: str, artifact_root: str | None = None) -> dic
         "store": store,
         "io_manager": ParquetIOManager(store=store),
         "compute": ComputeResource(device=os.environ.get("GTP_DEVICE", "auto")),
-        "model": model_source_for_profile(profile),
+        "model": model_source_for_profile(settings),
         # tiny: shorter inputs keep the real MiniLM fast enough for tests
         "embedder": EmbedderResource(
             model_dir=os.environ.get("GTP_EMBEDDER_DIR", ""), max_seq_length=128 if profile == "tiny" else 256
