@@ -5,7 +5,7 @@ import time
 import dagster as dg
 
 from gtp_pipeline.assets.locations import centroids_name, corpus_version, embeddings_path
-from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.assets.metadata import markdown_metadata, md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.profile import ProfileResource
@@ -169,7 +169,7 @@ def clusters(
                 ),
                 "objective",
             ),
-            "representatives": md_table(reps),
+            "representatives": markdown_metadata(reps),
         },
     )
 
@@ -238,7 +238,7 @@ def clusterclip_plan(context: dg.AssetExecutionContext, clusters, profile: Profi
         metadata={
             "R": R,
             "seed": seed,
-            "plans": md_table(summary),
+            "plans": metadata_table(summary),
             "repetitions": md_image(
                 histogram_png(
                     plan.use_counts.tolist(),

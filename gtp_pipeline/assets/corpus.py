@@ -4,7 +4,7 @@
 import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, target_version
-from gtp_pipeline.assets.metadata import counts_table, md_image, md_table
+from gtp_pipeline.assets.metadata import counts_table, md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.failures import fail_fast
 from gtp_pipeline.resources.profile import ProfileResource
@@ -65,7 +65,7 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
         data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
         metadata={
             "rows_refused": rejects.height,
-            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else md_table([]),
+            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else metadata_table([]),
         },
     )
 
@@ -112,8 +112,10 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
         metadata={
             "rows_refused": rejects.height,
             "refused_share": round(rejects.height / max(built.n_read, 1), 4),
-            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else md_table([]),
-            "by_source_and_reason": counts_table(rejects, ["source", "reason"]) if rejects.height else md_table([]),
+            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else metadata_table([]),
+            "by_source_and_reason": counts_table(rejects, ["source", "reason"])
+            if rejects.height
+            else metadata_table([]),
         },
     )
     if pool.height == 0:
@@ -145,7 +147,7 @@ def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: A
             ),
             "by_source": counts_table(pool, ["source"]),
             "by_source_and_task": counts_table(pool, ["source", "task"]),
-            "n_tokens": md_table([_length_summary(pool["n_tokens"])]),
+            "n_tokens": metadata_table([_length_summary(pool["n_tokens"])]),
             "n_tokens_histogram": md_image(histogram, "n_tokens histogram"),
         },
     )

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from gtp_pipeline.assets.locations import target_version
-from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.assets.metadata import md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.resources.compute import ComputeResource
@@ -184,7 +184,7 @@ def evaluation(
             "test_examples": len(examples),
             "target": settings.target.name,
             "models": len(rows),
-            "results": md_table([{k: r[k] for k in ("run", "seed", "loss", "accuracy")} for r in rows]),
+            "results": metadata_table([{k: r[k] for k in ("run", "seed", "loss", "accuracy")} for r in rows]),
         },
     )
 
@@ -221,7 +221,7 @@ def selection_report(
 ) -> dg.MaterializeResult:
     """Which data wins: method x budget -> loss and accuracy (mean, spread over seeds), paired verdicts, plots."""
     from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.report import build_report, verdict_table
+    from gtp_pipeline.core.report import build_report
 
     per_example = _read_per_example(store, evaluation)
     if per_example is None:
@@ -238,9 +238,16 @@ def selection_report(
         write_bytes(png, store.path_for("selection_report", f"{name}.png"))
     return dg.MaterializeResult(
         metadata={
-            "table": dg.MetadataValue.md(report.table_markdown),
+            "table": metadata_table(
+                [
+                    {k: r.get(k) for k in ("method", "budget", "seeds", "loss", "loss_sd", "accuracy", "examples")}
+                    for r in report.rows
+                ]
+            ),
             "runs": len(report.rows),
-            **({"verdict": dg.MetadataValue.md(verdict_table(report.verdicts))} if report.verdicts else {}),
+            # one number per method and budget, so the UI plots them across materializations
+            **{f"loss {r['method']} {r['budget']}": float(r["loss"]) for r in report.rows},
+            **({"verdict": metadata_table(report.verdicts)} if report.verdicts else {}),
             "report": dg.MetadataValue.path(str(store.path_for("selection_report", "report.md"))),
             **{name: md_image(png, name) for name, png in report.plots.items()},
         }

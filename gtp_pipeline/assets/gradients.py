@@ -13,7 +13,7 @@ from gtp_pipeline.assets.locations import (
     warmup_key,
     warmup_parts,
 )
-from gtp_pipeline.assets.metadata import md_table
+from gtp_pipeline.assets.metadata import metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import N_SHARDS, checkpoint_shard, model_checkpoint
@@ -100,7 +100,7 @@ def warmup_checkpoints(
     context.instance.add_dynamic_partitions(model_checkpoint.name, keys)
     return dg.MaterializeResult(
         metadata={
-            "checkpoints": md_table(
+            "checkpoints": metadata_table(
                 [
                     {
                         "partition": k,
@@ -260,8 +260,8 @@ def _featurize_partitions(
     write_parquet(invalid_frame, store.path_for(asset, f"excluded-{store_key}.parquet"))
     return dg.MaterializeResult(
         metadata={
-            "per_checkpoint": md_table(rows),
-            "excluded_examples": md_table(invalid[:50]),
+            "per_checkpoint": metadata_table(rows),
+            "excluded_examples": metadata_table(invalid[:50]),
             "excluded_count": len(invalid),
             "projection": f"rademacher d={g.proj_dim} seed={g.proj_seed}",
             "feature_kind": kind,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable, Mapping
 
 import dagster as dg
@@ -10,8 +11,31 @@ import dagster as dg
 from gtp_pipeline.core.markdown import markdown_table
 
 
-def md_table(rows: Iterable[Mapping[str, object]], columns: list[str] | None = None) -> dg.MetadataValue:
-    """A markdown table from dicts (columns default to the first row's keys)."""
+def _cell(value: object) -> str | int | float | bool | None:
+    if isinstance(value, float) and math.isnan(value):
+        return None  # an undefined number (one seed's spread): an empty cell, not "NaN"
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def metadata_table(rows: Iterable[Mapping[str, object]], columns: list[str] | None = None) -> dg.MetadataValue:
+    """A table Dagster's UI draws in the metadata panel, no click needed (columns default to the first row's keys).
+
+    Columns are typed from the first non-empty value of each; a column with no value at all is a string column."""
+    rows = list(rows)
+    names = columns or (list(rows[0]) if rows else ["(none)"])
+    types = {}
+    for name in names:
+        sample = next((r.get(name) for r in rows if r.get(name) is not None), None)
+        types[name] = {bool: "bool", int: "int", float: "float"}.get(type(sample), "string")
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, types[name]) for name in names])
+    records = [dg.TableRecord({name: _cell(r.get(name)) for name in names}) for r in rows]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def markdown_metadata(rows: Iterable[Mapping[str, object]], columns: list[str] | None = None) -> dg.MetadataValue:
+    """A markdown table, for tables whose cells hold long text (prompts)."""
     return dg.MetadataValue.md(markdown_table(rows, columns))
 
 
@@ -23,4 +47,4 @@ def md_image(png: bytes, alt: str) -> dg.MetadataValue:
 def counts_table(frame, by: list[str], limit: int = 80) -> dg.MetadataValue:
     """Row counts of a polars frame grouped by `by`, largest first."""
     grouped = frame.group_by(by).len("rows").sort(["rows", *by], descending=[True] + [False] * len(by))
-    return md_table(grouped.head(limit).to_dicts())
+    return metadata_table(grouped.head(limit).to_dicts(), [*by, "rows"])

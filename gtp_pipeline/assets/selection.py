@@ -5,7 +5,7 @@ import time
 import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, resolve_checkpoint, target_version
-from gtp_pipeline.assets.metadata import md_image, md_table
+from gtp_pipeline.assets.metadata import md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.partitions import model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
@@ -89,7 +89,7 @@ def _trajectories(
         "target_version": target_version(target_examples),
         "checkpoints": ", ".join(keys),
         "lr_weights": ", ".join(f"{w / sum(lr):.4f}" for w in lr),
-        "gradient_data_versions": md_table(_latest_versions(context.instance, keys)),
+        "gradient_data_versions": metadata_table(_latest_versions(context.instance, keys)),
     }
     return view, (target, per_example), ids, provenance
 
@@ -223,13 +223,13 @@ def _select_all(context, method, view, targets, ids, provenance, raw_corpus, pro
         "engine": f"dask ({config.dask_scheduler})" if config.dask_scheduler else "in process",
         "method": method,
         "target": config.target,
-        "per_budget": md_table(summary),
+        "per_budget": metadata_table(summary),
         **(
             {"gtp_variant": variant.name, "fitted_and_fill": dg.MetadataValue.md("\n".join(fill_notes))}
             if fill_notes
             else {}
         ),
-        "composition_by_source": md_table(composition.to_dicts()),
+        "composition_by_source": metadata_table(composition.to_dicts()),
         **(
             {
                 "residual_per_round": md_image(

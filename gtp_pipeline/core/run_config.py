@@ -97,7 +97,9 @@ def profile_from_mapping(data: Any, path: Path) -> Profile:
     profile = PROFILES[base_name]
     name = str(data.get("name", path.stem))
     if not NAME_RE.match(name):
-        raise RunConfigError(path, "name", f"{name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names folders)")
+        raise RunConfigError(
+            path, "name", f"{name!r} must be 1-64 letters, digits, '.', '_' or '-' (it names folders)"
+        )
     model = data.get("model", profile.model)
     if model not in MODELS:
         raise RunConfigError(path, "model", f"unknown model kind {model!r}; expected one of {list(MODELS)}")
@@ -139,7 +141,9 @@ def load_run_config(path: str | Path) -> Profile:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigurationError(f"cannot read the configuration file ({err.strerror})", CONFIG_ENV, str(path)) from None
+        raise ConfigurationError(
+            f"cannot read the configuration file ({err.strerror})", CONFIG_ENV, str(path)
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

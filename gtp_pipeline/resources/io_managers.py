@@ -7,6 +7,11 @@ import dagster as dg
 from gtp_pipeline.resources.storage import ArtifactStore
 
 
+def column_schema(frame) -> dg.TableSchema:
+    """A polars frame's columns and types, as Dagster's `dagster/column_schema` (shown on the asset page)."""
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
 class ParquetIOManager(dg.ConfigurableIOManager):
     """`<root>/<asset key path>/<partition or "data">.parquet`, written atomically (rename locally, one PUT remotely)."""
 
@@ -20,7 +25,13 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
         partition = context.partition_key if context.has_partition_key else None
         path = write_parquet(obj, self._path(context.asset_key, partition))
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "dagster/row_count": obj.height})
+        context.add_output_metadata(
+            {
+                "path": dg.MetadataValue.path(str(path)),
+                "dagster/row_count": obj.height,
+                "dagster/column_schema": column_schema(obj),
+            }
+        )
 
     def load_input(self, context: dg.InputContext):
         from gtp_pipeline.core.atomic import read_parquet
