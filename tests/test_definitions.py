@@ -5,7 +5,7 @@ import sys
 
 import dagster as dg
 
-# The asset contract (DESIGN §3): these names are the public interface.
+# The asset contract (README, "The pipeline"): these names are the public interface.
 CONTRACT_ASSETS = {
     "raw_corpus",
     "corpus_rejects",

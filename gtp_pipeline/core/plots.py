@@ -59,16 +59,29 @@ def lines_png(
     ylabel: str = "",
     log_x: bool = False,
 ) -> bytes:
-    """One line per name: {name: (xs, ys)}."""
-    plt, (fig, ax) = _figure()
-    for name, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o", label=name)
+    """One line per name: {name: (xs, ys)}; the legend outside the axes, so it never covers a point.
+
+    Lines that coincide stay visible: each has its own marker and a small horizontal offset of its markers. On a
+    log axis the ticks are the data's own x values, written as plain numbers."""
+    plt, (fig, ax) = _figure(6.4, 3.6)
+    markers = "osD^vP*X"
+    names = list(series)
+    for i, name in enumerate(names):
+        xs, ys = list(series[name][0]), list(series[name][1])
+        shift = 1 + 0.015 * (i - (len(names) - 1) / 2) if log_x else 1.0  # a nudge apart, in log space
+        ax.plot([x * shift for x in xs], ys, marker=markers[i % len(markers)], label=name, alpha=0.85)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if log_x:
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ticks = sorted({float(x) for xs, _ in series.values() for x in xs})
         ax.set_xscale("log")
-    ax.legend()
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.legend(fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
     return _png(plt, fig)
 
 

@@ -30,11 +30,11 @@ ALL_ASSETS = {
 }
 
 
-def md_rows(markdown: str) -> list[dict[str, str]]:
-    """Rows of a markdown table as dicts."""
-    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]
-    header = [h.strip() for h in lines[0]]
-    return [dict(zip(header, (c.strip() for c in line), strict=True)) for line in lines[2:]]
+def table_rows(table) -> list[dict]:
+    """Rows of a table metadata value (what the UI draws) as dicts, its columns in its schema's order."""
+    names = [c.name for c in table.schema.columns]
+    assert all(set(r.data) == set(names) for r in table.records)
+    return [dict(r.data) for r in table.records]
 
 
 def test_every_asset_materializes_and_every_check_passes(tiny_pipeline):
@@ -63,7 +63,7 @@ def test_selections_fit_their_budgets_and_gtp_matches_the_target_best(tiny_pipel
             rows = table.filter(pl.col("budget_value") == budget)
             assert rows.height == budget_count(budget, n_pool)
             assert rows["example_id"].n_unique() == rows.height
-        summary = md_rows(latest_metadata(instance, f"{method}_selection")["per_budget"])
+        summary = table_rows(latest_metadata(instance, f"{method}_selection")["per_budget"])
         residual[method] = [float(row["relative_residual"]) for row in summary]
     # GTP minimizes the NNLS residual of the target trajectory; the baselines do not
     assert len(residual["gtp"]) == len(TINY.budgets.budgets)
