@@ -8,7 +8,7 @@ gtp_pipeline/assets/inputs.py), so that an edited file or setting reruns exactly
     python -m gtp_pipeline.demo --refresh target_examples    # and rerun it although Dagster sees no change
 
 Runs every asset in dependency order (every partition of partitioned ones) through the same
-definitions and instance as `make ui` (SQLite under .dagster/<profile>/, configured from ./dagster.yaml;
+definitions and instance as `make ui` (SQLite under .dagster/<profile>/, configured from gtp_pipeline/instance.yaml;
 see gtp_pipeline/instance.py), so the UI shows the demo's runs, lineage and metadata. An asset whose latest materialization is current (same code
 version, same upstream data versions: Dagster's own staleness rules) is skipped, so a rerun after a
 finished demo does nothing, and a rerun after a crash redoes only what is missing.

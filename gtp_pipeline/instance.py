@@ -1,4 +1,4 @@
-"""Where the embedded Dagster instance of a profile lives: `.dagster/<profile>/`, configured from ./dagster.yaml.
+"""Where the embedded Dagster instance of a profile lives: `.dagster/<profile>/`, configured from instance.yaml.
 
 Dagster decides what is up to date from code and data versions; it cannot see that the profile (or
 the artifact root) changed. So each profile and artifact root gets its own instance, next to the
@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO_ROOT / "dagster.yaml"
+TEMPLATE = Path(__file__).with_name("instance.yaml")
 
 
 def write_instance_yaml(home: Path, template: Path = TEMPLATE) -> Path:

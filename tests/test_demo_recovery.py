@@ -29,7 +29,7 @@ def test_a_killed_runs_slot_is_released_by_the_next_demo(tmp_path):
     from gtp_pipeline.instance import write_instance_yaml
 
     home = tmp_path / "home"
-    write_instance_yaml(home)  # the repo's dagster.yaml: pool "gpu" limited to 1
+    write_instance_yaml(home)  # gtp_pipeline/instance.yaml: pool "gpu" limited to 1
     (tmp_path / "run.py").write_text(SCRIPT)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(home)], start_new_session=True)
     with dg.DagsterInstance.from_config(str(home)) as instance:

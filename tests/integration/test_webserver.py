@@ -2,6 +2,7 @@
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,10 @@ def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_pa
         WebDriverWait(driver, 60).until(shows(*(n for names in groups.values() for n in names)))
     finally:
         driver.quit()
+
+
+def test_dagster_dev_in_the_repo_root_starts_without_the_ignored_dagster_yaml_warning(server):
+    server.log.flush()
+    log = Path(server.log.name).read_text()  # dagster dev's own output, started in the repo root
+    assert "Dagster webserver" in log or "Serving dagster-webserver" in log or "webserver" in log.lower()
+    assert "Found a dagster instance configuration value" not in log
