@@ -19,20 +19,19 @@ from gtp_pipeline.core.profiles import Profile
 
 READ_BLOCK = 1 << 22
 
+# The LoRA training recipe, shared by the warm-up and the fine-tunes (assets/gradients.py's lora_config).
+LORA_TRAINING = (
+    "gradients.lora_r",
+    "gradients.lora_alpha",
+    "gradients.lora_layers",
+    "gradients.lr",
+    "gradients.batch_size",
+    "gradients.max_len",
+    "gradients.train_precision",
+)
 # Each recipe: the settings fields (section.field) that shape the stages it feeds.
 RECIPES: dict[str, tuple[str, ...]] = {
-    "warmup_recipe": (
-        "gradients.warmup_fraction",
-        "gradients.warmup_epochs",
-        "gradients.lora_r",
-        "gradients.lora_alpha",
-        "gradients.lora_layers",
-        "gradients.lr",
-        "gradients.batch_size",
-        "gradients.max_len",
-        "gradients.train_precision",
-        "budgets.seed",
-    ),
+    "warmup_recipe": ("gradients.warmup_fraction", "gradients.warmup_epochs", *LORA_TRAINING, "budgets.seed"),
     "feature_recipe": (
         "gradients.proj_dim",
         "gradients.proj_seed",
@@ -41,16 +40,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     ),
     "cluster_recipe": ("clusters.K", "clusters.R", "clusters.max_iter", "clusters.seed", "clusters.precision"),
     "selection_recipe": ("budgets.budgets", "budgets.seed", "budgets.train_epochs"),
-    "finetune_recipe": (
-        "gradients.lora_r",
-        "gradients.lora_alpha",
-        "gradients.lora_layers",
-        "gradients.lr",
-        "gradients.batch_size",
-        "gradients.max_len",
-        "gradients.train_precision",
-        "budgets.train_epochs",
-    ),
+    "finetune_recipe": (*LORA_TRAINING, "budgets.train_epochs"),
 }
 
 

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gtp_pipeline.core.markdown import markdown_table
-from gtp_pipeline.core.plots import forest_png
-from gtp_pipeline.core.report import gap_table, verdict_table
+from gtp_pipeline.core.report import forest_of, gap_table, verdict_table
 from gtp_pipeline.core.verdict import compare_methods, gap_closed_table, recommend
 
 METRIC = "loss"  # every target has a loss; accuracy is undefined for generative targets (each study.md has it)
@@ -66,19 +65,6 @@ def overall_sentence(verdicts: list[dict[str, Any]], method: str = DEFAULT_GTP) 
     return text
 
 
-def _forest(verdicts: list[dict[str, Any]]) -> bytes | None:
-    if not verdicts:
-        return None
-    return forest_png(
-        [f"{r['target']}: {r['method']} vs {r['reference']} @ {r['budget']}" for r in verdicts],
-        [r["diff"] for r in verdicts],
-        [r["low"] for r in verdicts],
-        [r["high"] for r in verdicts],
-        title=f"{METRIC}: paired difference per target, 95% bootstrap CI",
-        xlabel=f"{METRIC} of method minus {METRIC} of vs (< 0 favors the method)",
-    )
-
-
 def _picked(selections: Mapping[str, Any]) -> list[dict[str, Any]]:
     keep = (
         "budget",
@@ -103,7 +89,8 @@ def multi_target_markdown(
 ) -> tuple[str, dict[str, bytes], list[dict], list[dict]]:
     """(markdown, plots, verdict rows, gap rows) over every target; tables are polars DataFrames keyed by target."""
     verdicts, gaps = target_rows(per_example)
-    plots = {"multi_target_verdict_loss": png} if (png := _forest(verdicts)) is not None else {}
+    png = forest_of(verdicts, METRIC, "target", f"{METRIC}: paired difference per target, 95% bootstrap CI")
+    plots = {"multi_target_verdict_loss": png} if png is not None else {}
     advice = []
     for target in per_example:
         rows = [r for r in verdicts if r["target"] == target]

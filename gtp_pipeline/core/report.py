@@ -131,17 +131,20 @@ def gap_table(gaps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _forest(verdicts: list[dict[str, Any]], metric: str) -> bytes | None:
+def forest_of(verdicts: list[dict[str, Any]], metric: str, label_prefix: str = "", title: str = "") -> bytes | None:
+    """The forest plot of compare_methods rows on one metric; `label_prefix` names a column shown before each
+    label ("target" in the multi-target report)."""
     rows = [r for r in verdicts if r["metric"] == metric]
     if not rows:
         return None
     better = "< 0" if METRICS[metric][1] else "> 0"
+    prefix = (lambda r: f"{r[label_prefix]}: ") if label_prefix else (lambda r: "")
     return forest_png(
-        [f"{r['method']} vs {r['reference']} @ {r['budget']}" for r in rows],
+        [f"{prefix(r)}{r['method']} vs {r['reference']} @ {r['budget']}" for r in rows],
         [r["diff"] for r in rows],
         [r["low"] for r in rows],
         [r["high"] for r in rows],
-        title=f"{metric}: paired difference, 95% bootstrap CI",
+        title=title or f"{metric}: paired difference, 95% bootstrap CI",
         xlabel=f"{metric} of method minus {metric} of vs ({better} favors the method)",
     )
 
@@ -157,7 +160,7 @@ def verdict_sections(per_example) -> tuple[list[str], dict[str, bytes], list[dic
     metrics = [m for m, (column, _) in METRICS.items() if column in per_example.columns]
     verdicts = [r for m in metrics for r in compare_methods(per_example, metric=m, reference=VERDICT_REFERENCE)]
     gaps = [g for m in metrics for g in gap_closed_table(per_example, metric=m)]
-    plots = {f"verdict_{m}": png for m in metrics if (png := _forest(verdicts, m)) is not None}
+    plots = {f"verdict_{m}": png for m in metrics if (png := forest_of(verdicts, m)) is not None}
     advice = recommend(verdicts)
     blocks = [
         "## Verdict",
