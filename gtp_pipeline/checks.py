@@ -174,14 +174,11 @@ target_stores_sound = _store_check("target_gradients")
 def evaluation_complete(context, evaluation) -> dg.AssetCheckResult:
     import math
 
-    from gtp_pipeline.partitions import finetune_partitions
+    from gtp_pipeline.core.run_key import RunKey
 
-    trained = {
-        tuple(finetune_partitions.get_partition_key_from_str(k).keys_by_dimension.values())
-        for k in context.instance.get_materialized_partitions(dg.AssetKey("finetuned_model"))
-    }
-    scored = {(r["run"], str(r["seed"])) for r in evaluation.iter_rows(named=True)}
-    unscored = sorted("|".join(k) for k in trained if (k[0], k[1]) not in scored)
+    trained = {RunKey.parse(k) for k in context.instance.get_materialized_partitions(dg.AssetKey("finetuned_model"))}
+    scored = {(r["run"], r["seed"]) for r in evaluation.iter_rows(named=True)}
+    unscored = sorted(k.partition_key for k in trained if (k.run, k.seed) not in scored)
     non_finite = [f"{r['run']}|{r['seed']}" for r in evaluation.iter_rows(named=True) if not math.isfinite(r["loss"])]
     has_base = any(r == "base" for r, _ in scored)
     return dg.AssetCheckResult(

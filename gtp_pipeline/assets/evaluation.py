@@ -5,6 +5,7 @@ import dagster as dg
 from gtp_pipeline.assets.locations import target_version
 from gtp_pipeline.assets.metadata import md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.core.run_key import RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
@@ -61,8 +62,8 @@ def _latest_finetunes(instance) -> list[dict]:
         if mat.partition in latest:
             continue
         meta = {k: v.value for k, v in mat.metadata.items()}
-        run, seed = str(mat.partition).split("|")
-        latest[mat.partition] = {"run": run, "seed": int(seed), **meta}
+        key = RunKey.parse(mat.partition)
+        latest[mat.partition] = {"run": key.run, "seed": key.seed, **meta}
     return sorted(latest.values(), key=lambda r: (r["run"], r["seed"]))
 
 
@@ -129,11 +130,8 @@ def evaluation(
             }
             write_bytes(json.dumps(result).encode(), cache)
             del net
-        method, _, budget = (
-            run["run"].rpartition("-")
-            if run["run"] not in ("base", "full")
-            else (run["run"], "", "100pct" if run["run"] == "full" else "-")
-        )
+        key = RunKey.from_run(run["run"], run["seed"])
+        method, budget = key.method, key.budget_column
         rows.append(
             {
                 "run": run["run"],

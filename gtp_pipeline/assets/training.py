@@ -8,6 +8,7 @@ from gtp_pipeline.assets.gradients import TRANSIENT, lora_config
 from gtp_pipeline.assets.locations import combined_hash, corpus_version, selection_version
 from gtp_pipeline.assets.metadata import md_image
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.core.run_key import FULL, RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import finetune_partitions
 from gtp_pipeline.resources.compute import ComputeResource
@@ -29,9 +30,10 @@ def training_set(run: str, raw_corpus, selections: dict, clusterclip_plan, epoch
     import numpy as np
     import polars as pl
 
-    if run == "full":
+    key = RunKey.from_run(run)
+    if key.method == FULL:
         return np.arange(raw_corpus.height), None, None, f"all {raw_corpus.height} pool examples, {epochs} epochs"
-    method, budget = run.rsplit("-", 1)
+    method, budget = key.method, key.budget
     position = {eid: i for i, eid in enumerate(raw_corpus["example_id"])}
     if method == "clusterclip":
         plan = clusterclip_plan.filter((pl.col("method") == "clusterclip") & (pl.col("budget") == budget)).sort("step")
@@ -90,7 +92,7 @@ def finetuned_model(
     loaded = model.load()
     # a ClusterClip stream has no epochs to checkpoint at: save every 25 steps so a killed run resumes
     recipe = lora_config(settings, epochs, loaded.model.config.num_hidden_layers, seed, 25 if stream else 0)
-    method = run.rsplit("-", 1)[0]
+    method = RunKey.from_run(run).method
     source_table = clusterclip_plan if method == "clusterclip" else selections.get(method)
     identity = {
         "run": run,

@@ -215,8 +215,11 @@ FINETUNE_METHODS = ("gtp", "topk", "random", "clusterclip")  # each trained at e
 
 
 def finetune_runs(profile: Profile) -> list[str]:
-    """Fine-tune run names: "<method>-<budget label>" for every method and budget, then "full"."""
-    return [f"{m}-{budget_label(b)}" for m in FINETUNE_METHODS for b in profile.budgets.budgets] + ["full"]
+    """Fine-tune run names (core/run_key.py): "<method>-<budget label>" for every method and budget, then "full"."""
+    from gtp_pipeline.core.run_key import FULL, RunKey
+
+    keys = [RunKey(m, budget_label(b)) for m in FINETUNE_METHODS for b in profile.budgets.budgets] + [RunKey(FULL)]
+    return [k.run for k in keys]
 
 
 class ProfileError(ConfigurationError):

@@ -36,6 +36,7 @@ from gtp_pipeline.core.atomic import write_bytes
 from gtp_pipeline.core.gtp_variants import GTPVariant, select_gtp
 from gtp_pipeline.core.markdown import markdown_table
 from gtp_pipeline.core.pursuit import PursuitConfig, Selection
+from gtp_pipeline.core.run_key import BASE, BASE_BUDGET, FULL, FULL_BUDGET
 from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
 from gtp_pipeline.core.selection_stats import duplicate_stats
 from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
@@ -234,7 +235,7 @@ def run_study(
             scores.append({"run": run, "method": method, "budget": budget, "seed": seed, **r})
 
     base = train_and_score(shared_root / "base", lambda f: finetune([], None, -1, f), score, test_key)
-    record("base", "base", "-", -1, base)
+    record(BASE, BASE, BASE_BUDGET, -1, base)
     b = target.vector
     for label, k in budgets:
         chosen = {m.name: select(m, view, target, per_example_target, k) for m in methods}
@@ -265,9 +266,9 @@ def run_study(
     all_ids = [corpus[i]["example_id"] for i in all_rows]
     for seed in full_seeds:
         report(f"full pool ({len(all_rows)} examples), seed {seed}")
-        folder = run_folder(shared_root, "100pct", "full", seed, all_ids, None)
+        folder = run_folder(shared_root, FULL_BUDGET, FULL, seed, all_ids, None)
         rows = train_and_score(folder, lambda f, s=seed: finetune(all_rows, None, s, f), score, test_key)
-        record("full", "full", "100pct", seed, rows)
+        record(FULL, FULL, FULL_BUDGET, seed, rows)
     return StudyResult(selections, scores, time.perf_counter() - start)
 
 

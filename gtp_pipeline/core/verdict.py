@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from gtp_pipeline.core.run_key import BASE, FULL
+
 # metric name -> (per-example column, lower is better)
 METRICS = {"loss": ("loss", True), "accuracy": ("correct", False)}
-REFERENCE_RUNS = ("base", "full")  # not selection methods: the ends of the base-to-full gap
+REFERENCE_RUNS = (BASE, FULL)  # not selection methods: the ends of the base-to-full gap
 METHOD_ORDER = ("gtp", "topk", "random", "clusterclip")  # the order tables list methods in; others follow by name
 MAX_CHUNK_ELEMENTS = 4_000_000  # resampled (resample x example) cells held at once
 
