@@ -69,3 +69,23 @@ def test_each_profile_gets_its_model_source():
     assert isinstance(model_source_for_profile("demo"), SmolLM2Source)
     assert isinstance(model_source_for_profile("experiment"), SmolLM2Source)  # the demo's model, a larger pool
     assert isinstance(model_source_for_profile("full"), HFFolderSource)
+
+
+def test_layers_import_only_downward():
+    """core imports no Dagster and nothing above it; resources import no assets (docs/ARCHITECTURE.md)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "gtp_pipeline"
+    forbidden = {
+        "core": ("dagster", "gtp_pipeline.assets", "gtp_pipeline.resources", "gtp_pipeline.definitions"),
+        "resources": ("gtp_pipeline.assets", "gtp_pipeline.definitions"),
+    }
+    found = []
+    for layer, names in forbidden.items():
+        for path in (package / layer).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                modules += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                found += [f"{path.name}: {m}" for m in modules if any(m == n or m.startswith(n + ".") for n in names)]
+    assert found == []
