@@ -195,7 +195,7 @@ def gradient_shards(
             "chunks_resumed": report.chunks_skipped,
             "examples": report.n_examples,
             "valid": report.n_valid,
-            "examples_per_s": round(report.examples_per_s, 2),
+            **({"examples_per_s": round(report.examples_per_s, 2)} if report.chunks_written else {}),
             "seconds": round(report.seconds, 1),
         }
     )
@@ -244,16 +244,17 @@ def _featurize_partitions(
                 "checkpoint": key,
                 "examples": report.n_examples,
                 "valid": report.n_valid,
-                "examples_per_s": round(report.examples_per_s, 2),
+                # a rate only where this step computed chunks (they may all come from the gradient_shards steps)
+                "examples_per_s": round(report.examples_per_s, 2) if report.chunks_written else None,
+                "chunks_computed": report.chunks_written,
                 "chunks_resumed": report.chunks_skipped,
                 "projecting_share": round(report.seconds_projecting / max(report.seconds, 1e-9), 3),
                 "MB_on_disk": round(store_.nbytes_on_disk() / 1e6, 2),
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )
-        context.log.info(
-            f"{asset}[{key}]: {report.n_valid}/{report.n_examples} valid, {report.examples_per_s:.1f} examples/s"
-        )
+        rate = f", {report.examples_per_s:.1f} examples/s" if report.chunks_written else ", every chunk already done"
+        context.log.info(f"{asset}[{key}]: {report.n_valid}/{report.n_examples} valid{rate}")
     invalid_frame = pl.DataFrame(
         invalid, schema={"checkpoint": pl.String, "example_id": pl.String, "reason": pl.String}
     )
