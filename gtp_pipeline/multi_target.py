@@ -48,12 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def profile_targets(profile_name: str) -> list[str]:
-    from gtp_pipeline.core.profiles import get_profile
+    """The targets the configuration file (GTP_CONFIG) or the named profile lists in contamination_targets."""
+    from gtp_pipeline.core.profiles import PROFILES
+    from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
 
-    profile = get_profile(profile_name) if profile_name != "full" else None
+    config = os.environ.get(CONFIG_ENV)
+    profile = load_run_config(config) if config else PROFILES.get(profile_name)
     names = [t.name for t in profile.contamination_targets] if profile else []
     if not names:
-        raise SystemExit(f"profile {profile_name!r} lists no targets: pass --targets")
+        raise SystemExit(f"{config or f'profile {profile_name!r}'} lists no targets: pass --targets")
     return names
 
 

@@ -58,3 +58,18 @@ def test_two_targets_share_the_pool_and_get_one_report(tmp_path):
         assert (study / "multi_target_verdict_loss.png").stat().st_size > 1000
     finally:
         shutil.rmtree(instance_home("tiny", str(root)), ignore_errors=True)
+
+
+def test_the_targets_come_from_the_profile_or_the_configuration_file(tmp_path, monkeypatch):
+    from gtp_pipeline.multi_target import profile_targets
+
+    monkeypatch.delenv("GTP_CONFIG", raising=False)
+    assert profile_targets("multitarget") == ["social_iqa", "date_understanding", "gsm8k"]
+    with pytest.raises(SystemExit, match="profile 'demo' lists no targets: pass --targets"):
+        profile_targets("demo")
+    config = tmp_path / "two.yaml"
+    config.write_text(
+        "contamination_targets:\n  - {name: gsm8k, kind: gsm8k, tasks: []}\n  - {name: navigate, tasks: [navigate]}\n"
+    )
+    monkeypatch.setenv("GTP_CONFIG", str(config))
+    assert profile_targets("demo") == ["gsm8k", "navigate"]
