@@ -245,8 +245,17 @@ def selection_report(
             "runs": len(report.rows),
             # one number per method and budget, so the UI plots them across materializations
             **{f"loss {r['method']} {r['budget']}": float(r["loss"]) for r in report.rows},
+            **{
+                f"accuracy {r['method']} {r['budget']}": float(r["accuracy"])
+                for r in report.rows
+                if isinstance(r["accuracy"], float) and r["accuracy"] == r["accuracy"]  # NaN/None: not multiple choice
+            },
             **({"verdict": metadata_table(report.verdicts)} if report.verdicts else {}),
             "report": dg.MetadataValue.path(str(store.path_for("selection_report", "report.md"))),
             **{name: md_image(png, name) for name, png in report.plots.items()},
+            **{
+                f"{name}_file": dg.MetadataValue.path(str(store.path_for("selection_report", f"{name}.png")))
+                for name in report.plots
+            },
         }
     )

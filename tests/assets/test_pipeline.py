@@ -2,11 +2,13 @@
 
 import re
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from gtp_pipeline.core.profiles import TINY, budget_count, finetune_runs
+from gtp_pipeline.core.run_key import RunKey
 from tests.assets.conftest import latest_metadata
 
 ALL_ASSETS = {
@@ -129,3 +131,14 @@ def test_an_interrupted_finetune_resumes_from_its_last_checkpoint(tiny_pipeline)
     after = latest_metadata(instance, "finetuned_model", "full|0")
     assert 0 < after["steps_run_now"] < after["steps"]
     assert after["checkpoint_id"] == before["checkpoint_id"]  # the same adapter as the uninterrupted run
+
+
+def test_the_report_gives_numbers_that_plot_across_runs_and_its_plots_as_files(tiny_pipeline):
+    _, instance, *_ = tiny_pipeline
+    meta = latest_metadata(instance, "selection_report")
+    for run in finetune_runs(TINY):
+        key = RunKey.from_run(run)
+        assert isinstance(meta[f"loss {key.method} {key.budget_column}"], float)
+    files = [v for k, v in meta.items() if k.endswith("_file")]
+    assert files and all(Path(p).stat().st_size > 1000 for p in files)
+    assert [r.data["method"] for r in meta["table"].records][:1]  # a native table, drawn without a click
