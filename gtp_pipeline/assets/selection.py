@@ -132,17 +132,19 @@ def _select_all(context, method, view, targets, ids, provenance, raw_corpus, pro
     import numpy as np
     import polars as pl
 
-    from gtp_pipeline.core.gtp_variants import GTPVariant, describe_fill, select_gtp
+    from gtp_pipeline.core.gtp_variants import GTPVariant, describe_fill
     from gtp_pipeline.core.plots import lines_png
     from gtp_pipeline.core.profiles import budget_count, budget_label
     from gtp_pipeline.core.pursuit import PursuitConfig
-    from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
+    from gtp_pipeline.core.selection_baselines import evaluate_selection
+    from gtp_pipeline.core.selection_methods import in_domain_target, select
     from gtp_pipeline.core.selection_stats import duplicate_stats
-    from gtp_pipeline.core.trajectory import TargetTrajectory
 
     target, per_example = targets
-    b = view.mean() if config.target == "in_domain" else target.vector
     variant = GTPVariant(targets=config.gtp_targets, center=config.gtp_center)
+    if config.target == "in_domain":  # the pool's own mean, matched as one target
+        target, per_example, variant = in_domain_target(view), None, GTPVariant()
+    b = target.vector
     corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
     frames, summary, curves, fill_notes = [], [], {}, []
     for budget in config.budgets or list(profile.settings().budgets.budgets):
@@ -155,14 +157,7 @@ def _select_all(context, method, view, targets, ids, provenance, raw_corpus, pro
             fill=config.gtp_fill,
         )
         start = time.perf_counter()
-        if method == "gtp" and config.target == "in_domain":
-            chosen = select_gtp(view, TargetTrajectory(b[None, :], np.zeros(1), np.ones(1)), pconfig)
-        elif method == "gtp":
-            chosen = select_gtp(view, target, pconfig, variant, per_example)
-        elif method == "topk":
-            chosen = less_topk(view, b if config.target == "in_domain" else target, pconfig)
-        else:
-            chosen = random_k(view, pconfig)
+        chosen = select(method, view, target, pconfig, per_example, variant)
         seconds = time.perf_counter() - start
         _, residual = evaluate_selection(view, chosen.indices, b)
         rows = view.gather(chosen.indices)

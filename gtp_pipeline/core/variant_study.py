@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.atomic import write_bytes
-from gtp_pipeline.core.gtp_variants import GTPVariant, select_gtp
+from gtp_pipeline.core.gtp_variants import GTPVariant
 from gtp_pipeline.core.markdown import markdown_table
 from gtp_pipeline.core.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.run_key import BASE, BASE_BUDGET, FULL, FULL_BUDGET
-from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk, random_k
+from gtp_pipeline.core.selection_baselines import evaluate_selection
+from gtp_pipeline.core.selection_methods import select as select_method
 from gtp_pipeline.core.selection_stats import duplicate_stats
 from gtp_pipeline.core.trajectory import TargetTrajectory, Trajectories
 
@@ -60,13 +61,16 @@ class StudyMethod:
 
 def parse_method(spec: str) -> StudyMethod:
     """A method spec ("gtp+per_example+centered", "topk", ...) as a StudyMethod; unknown parts are errors."""
+    from gtp_pipeline.core.selection_methods import REGISTRY
+
     base, *options = spec.strip().split("+")
-    if base in ("topk", "random"):
+    if base in REGISTRY and base != "gtp":
         if options:
             raise ValueError(f"{base} takes no options, got {spec!r}")
         return StudyMethod(spec.strip(), base)
     if base != "gtp":
-        raise ValueError(f"unknown method {spec!r}: expected topk, random, or gtp[+{'+'.join(GTP_OPTIONS)}]")
+        others = ", ".join(sorted(set(REGISTRY) - {"gtp"}))
+        raise ValueError(f"unknown method {spec!r}: expected {others}, or gtp[+{'+'.join(GTP_OPTIONS)}]")
     settings, flags = [o for o in options if "=" in o], [o for o in options if "=" not in o]
     unknown = [o for o in flags if o not in GTP_OPTIONS] + [o for o in settings if o.split("=")[0] not in GTP_SETTINGS]
     names = flags + [o.split("=")[0] for o in settings]
@@ -105,11 +109,7 @@ def select(
     seed: int = 0,
 ) -> Selection:
     config = PursuitConfig(budget=k, seed=seed, fill=method.fill, **dict(method.pursuit))
-    if method.base == "topk":
-        return less_topk(view, target, config)
-    if method.base == "random":
-        return random_k(view, config)
-    return select_gtp(view, target, config, method.variant, per_example)
+    return select_method(method.base, view, target, config, per_example, method.variant)
 
 
 def selection_stats(
