@@ -8,6 +8,7 @@ import os
 
 import dagster as dg
 
+from gtp_pipeline.core.profiles import SELECTION_METHODS
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
@@ -112,9 +113,7 @@ def _selection_check(asset: str):
     )(check_fn)
 
 
-gtp_selection_valid = _selection_check("gtp_selection")
-topk_selection_valid = _selection_check("topk_selection")
-random_selection_valid = _selection_check("random_selection")
+selection_checks = [_selection_check(f"{m}_selection") for m in SELECTION_METHODS]
 
 
 def _store_check(asset: str):

@@ -89,3 +89,32 @@ def test_layers_import_only_downward():
                 modules += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
                 found += [f"{path.name}: {m}" for m in modules if any(m == n or m.startswith(n + ".") for n in names)]
     assert found == []
+
+
+def test_a_method_registered_in_core_and_named_once_becomes_an_asset_a_check_partitions_and_a_report_input():
+    code = """
+import numpy as np
+from gtp_pipeline.core import profiles
+from gtp_pipeline.core.selection_methods import register, random_k
+
+@register("toy")
+def toy(view, target, per_example, config, variant):
+    return random_k(view, config)
+
+profiles.SELECTION_METHODS = (*profiles.SELECTION_METHODS, "toy")  # the one registration line
+profiles.FINETUNE_METHODS = (*profiles.SELECTION_METHODS, "clusterclip")
+import dagster as dg
+from gtp_pipeline.definitions import defs
+from gtp_pipeline.partitions import finetune_partitions
+graph = defs.resolve_asset_graph()
+key = dg.AssetKey("toy_selection")
+print(graph.has(key))
+print(any(c.asset_key == key for c in graph.asset_check_keys))
+print(key in graph.get(dg.AssetKey("finetuned_model")).parent_keys, key in graph.get(dg.AssetKey("selection_report")).parent_keys)
+print(sorted({k.keys_by_dimension["run"] for k in finetune_partitions.get_partition_keys() if k.keys_by_dimension["run"].startswith("toy")}))
+"""
+    env = {**__import__("os").environ, "GTP_PROFILE": "tiny"}
+    env.pop("GTP_CONFIG", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:4] == ["True", "True", "True True", "['toy-20pct', 'toy-5pct']"]

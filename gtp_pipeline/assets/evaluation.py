@@ -4,6 +4,7 @@ import dagster as dg
 
 from gtp_pipeline.assets.locations import target_version
 from gtp_pipeline.assets.metadata import md_image, metadata_table
+from gtp_pipeline.assets.selection import by_method, selection_inputs
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.core.run_key import RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
@@ -206,16 +207,15 @@ def _read_per_example(store: ArtifactStore, evaluation):
     kinds={"polars", "markdown"},
     code_version=EVALUATION_CODE_VERSION,
     automation_condition=ON_INPUT_DATA_CHANGE,
+    ins=selection_inputs(),
 )
 def selection_report(
     context: dg.AssetExecutionContext,
     evaluation,
-    gtp_selection,
-    topk_selection,
-    random_selection,
     clusterclip_plan,
     raw_corpus,
     store: ArtifactStore,
+    **selection_tables,
 ) -> dg.MaterializeResult:
     """Which data wins: method x budget -> loss and accuracy (mean, spread over seeds), paired verdicts, plots."""
     from gtp_pipeline.core.atomic import write_bytes
@@ -226,7 +226,7 @@ def selection_report(
         context.log.warning("no per-example evaluation results: the report has no verdict (re-run evaluation)")
     report = build_report(
         evaluation,
-        {"gtp": gtp_selection, "topk": topk_selection, "random": random_selection},
+        by_method(selection_tables),
         clusterclip_plan,
         raw_corpus,
         per_example=per_example,

@@ -7,6 +7,7 @@ import dagster as dg
 from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, resolve_checkpoint, target_version
 from gtp_pipeline.assets.metadata import md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.core.profiles import SELECTION_METHODS
 from gtp_pipeline.partitions import model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -264,12 +265,25 @@ def _selection_asset(method: str, description: str):
     return _asset
 
 
-gtp_selection = _selection_asset(
-    "gtp", "GTP's joint non-negative pursuit of the target gradient trajectory, per budget: example_id, weight, rank."
-)
-topk_selection = _selection_asset(
-    "topk", "LESS top-k by LR-weighted cosine (mean per subtask, max over subtasks), per budget."
-)
-random_selection = _selection_asset(
-    "random", "A seeded uniform random subset of the pool, per budget (the baseline every method must beat)."
-)
+DESCRIPTIONS = {
+    "gtp": "GTP's joint non-negative pursuit of the target gradient trajectory, per budget: example_id, weight, rank.",
+    "topk": "LESS top-k by LR-weighted cosine (mean per subtask, max over subtasks), per budget.",
+    "random": "A seeded uniform random subset of the pool, per budget (the baseline every method must beat).",
+}
+
+
+def selection_inputs() -> dict[str, dg.AssetIn]:
+    """Every selection asset as an input, for the stages that read them all (fine-tunes, report)."""
+    return {f"{m}_selection": dg.AssetIn() for m in SELECTION_METHODS}
+
+
+def by_method(selections: dict) -> dict:
+    """{"gtp_selection": table, ...} as {"gtp": table, ...}."""
+    return {name.removesuffix("_selection"): table for name, table in selections.items()}
+
+
+# one asset per method in core/profiles.SELECTION_METHODS
+selection_assets = [
+    _selection_asset(m, DESCRIPTIONS.get(m, f"The {m!r} selection of the pool, per budget: example_id, weight, rank."))
+    for m in SELECTION_METHODS
+]

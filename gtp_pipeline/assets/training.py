@@ -7,6 +7,7 @@ import dagster as dg
 from gtp_pipeline.assets.gradients import TRANSIENT, lora_config
 from gtp_pipeline.assets.locations import combined_hash, corpus_version, selection_version
 from gtp_pipeline.assets.metadata import md_image
+from gtp_pipeline.assets.selection import by_method, selection_inputs
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.core.run_key import FULL, RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
@@ -53,6 +54,7 @@ def training_set(run: str, raw_corpus, selections: dict, clusterclip_plan, epoch
 
 @dg.asset(
     partitions_def=finetune_partitions,
+    ins=selection_inputs(),
     group_name="training",
     kinds={"torch", "safetensors"},
     code_version=TRAINING_CODE_VERSION,
@@ -65,15 +67,13 @@ def training_set(run: str, raw_corpus, selections: dict, clusterclip_plan, epoch
 def finetuned_model(
     context: dg.AssetExecutionContext,
     raw_corpus,
-    gtp_selection,
-    topk_selection,
-    random_selection,
     clusterclip_plan,
     profile: ProfileResource,
     store: ArtifactStore,
     model: ModelSource,
     compute: ComputeResource,
     config: FinetuneConfig,
+    **selection_tables,
 ) -> dg.MaterializeResult:
     """A LoRA adapter (safetensors) fine-tuned on one method's data at one budget, with the selection's identity."""
     from gtp_pipeline.core.lora_train import train_lora
@@ -83,7 +83,7 @@ def finetuned_model(
     run, seed = keys["run"], int(keys["seed"])
     settings = profile.settings()
     epochs = settings.budgets.train_epochs
-    selections = {"gtp": gtp_selection, "topk": topk_selection, "random": random_selection}
+    selections = by_method(selection_tables)
     rows, weights, stream, description = training_set(
         run, raw_corpus, selections, clusterclip_plan, epochs, config.use_weights
     )

@@ -2,8 +2,8 @@
 variant study alike. A method takes the candidates' trajectories, the target (subtask means), each dev example's
 own trajectory, the pursuit settings (the budget among them) and the GTP variant, and returns a Selection.
 
-Adding a method here (`@register("name")`) makes it selectable by name everywhere `select` is called; making it a
-pipeline asset as well is one line in assets/selection.py (docs/ARCHITECTURE.md).
+Adding a method here (`@register("name")`) makes it selectable by name everywhere `select` is called; its name in
+core/profiles.SELECTION_METHODS puts it in the pipeline as well (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
