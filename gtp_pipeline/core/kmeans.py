@@ -17,18 +17,18 @@ labels, bit for bit: the exact argmax of the fp32 inputs (ties to the lowest k).
 
 * `precision="fp32"`: the chunk's similarities S = X C^T are one fp32 GEMM (torch/MKL). Each entry is
   within gamma_d |x| |c| of the exact value (gamma_d = d 2^-24 / (1 - d 2^-24)); a row whose top-2
-  gap exceeds twice that is certain, the rare others (~0.1%) get float64 dot products against their
-  few candidate centroids.
-* `precision="bf16"`: S is a bf16 GEMM (AVX512-BF16, ~4x the fp32 rate on this CPU) and every row's
+  gap exceeds twice that is certain, the rare others get float64 dot products against their few
+  candidate centroids.
+* `precision="bf16"`: S is a bf16 GEMM (AVX512-BF16, several times the fp32 rate) and every row's
   argmax is *certified* the same way: with u = 2^-8 and x~, c~ the bf16-rounded vectors, each s~_k is
   within E_i + u |s~_k| / (1 - u) of x_i . c_k, where
       E_i = |dx_i| |c~|max + |x~_i| |dc|max + |dx_i| |dc|max + gamma_{d+1} (|x~_i| |c~|max + |o_i|)
   (Cauchy-Schwarz on the rounding errors dx = x - x~, dc = c - c~; fp32 accumulation; one rounding of
   the output to bf16). The output rounding is made small by an extra GEMM column: the row carries -o_i
   (its top cosine from the last iteration) and the centroids a 1, so S holds s - o_i, near 0 where the
-  argmax is decided. Rows whose top-2 gap is within the bounds (~11% once the offsets are warm, ~25%
-  in the first iteration, with K=1000 on clustered data) get fp32 dot products against their few
-  candidate centroids (those whose upper bound reaches the top's lower bound, ~4 per row), and
+  argmax is decided. Rows whose top-2 gap is within the bounds (a minority once the offsets are warm)
+  get fp32 dot products against their few candidate centroids (those whose upper bound reaches the
+  top's lower bound), and
   float64 where two candidates are within fp32 error. A probe checks once per process and shape that
   the bf16 GEMM accumulates in fp32 (no intermediate bf16 rounding) before relying on the bound.
 
@@ -41,9 +41,7 @@ processes share the cores; per-block sums are added in block order, so the bits 
 scheduling or on the number of threads. Input is an (N x d) array/tensor held in memory, or a
 `FeatureStore` streamed block by block (memory: a few blocks plus K x d, plus O(N) labels and offsets).
 
-Per iteration on 2 AMD EPYC cores (N=100k, d=384, K=1000) the bf16 path does ~0.72 CPU-s of work:
-~0.4 GEMM, ~0.18 top-2, ~0.12 rechecks; the fp32 path ~1.15, about what faiss and scikit-learn do.
-Run the comparison: `python bench/kmeans.py --quick` (one JSON line with the ratios).
+Where the time goes, and how it compares with faiss and scikit-learn: docs/BENCHMARKS.md (`python bench/kmeans.py`).
 """
 
 from __future__ import annotations

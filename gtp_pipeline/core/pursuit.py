@@ -13,8 +13,8 @@ Implementations:
   weight 1. The "1717x" baseline.
 - `less_topk`, `random_k` (selection_baselines.py): no fit.
 
-How GTP gets OMP's quality in a handful of passes (each number below: bench/pursuit.py, N=100k, D=4096, k=1000).
-OMP spends one pass over the store per atom because every re-fit changes all correlations c = A^T r. But one pass
+How GTP gets OMP's quality in a handful of passes (the measurements behind each choice: docs/BENCHMARKS.md, "Why
+the pursuit is built this way"). OMP spends one pass over the store per atom because every re-fit changes all correlations c = A^T r. But one pass
 yields all N correlations, and the best m of them (the "pool": CoSaMP's identification step with m ~ 2k, Needell &
 Tropp 2009) hold most of the next OMP picks. With the pool's rows in memory, OMP restricted to the pool needs no pass:
 its correlations with the current residual are h_P - C w (h_P = A_P^T b, C = A_P^T A_S), one (m x |S|) GEMV per
@@ -26,19 +26,17 @@ with an O(|S|^2) rank-one update of the factor (nnls.CholeskySupport). The weigh
 NNLS solution on the support, and every support atom has zero correlation with the residual: duplicates of a picked
 atom are never picked (docs/ALGORITHMS.md §2.2). This is batch identification (gOMP, Wang, Kwon & Shim 2012) without
 gOMP's blind batch add: a pool atom explained by an earlier pick loses its correlation before it is considered.
-Plain non-negative CoSaMP (add the top 2k, NNLS on the union, keep the k largest), measured on the same data with
-scipy's NNLS: 1.62x, 1.18x, 1.02x OMP's residual after 1, 2, 3 iterations, 55 s in all (the NNLS on up to 3k
-columns dominates); GTP: 1.015x in 1.7-2.3 s (5 passes; the range is the machine's drift, docs/BENCHMARKS.md).
+Plain non-negative CoSaMP (add the top 2k, NNLS on the union, keep the k largest) needs several iterations of an
+NNLS on up to 3k columns to come as close to OMP, and is far slower for it.
 The approximation: atoms outside the pool are not re-scored between passes. At the pass their correlations were at
 most tau (the (m+1)-th best); a round accepts while the pool's best correlation exceeds gamma * tau (`accept_ratio`)
 and then makes a new pass. gamma = 1 would be exact if outside correlations never grew; they mostly shrink with the
-residual, so a smaller gamma trades exactness for passes: gamma 0.5 -> 4 growth passes, 1.034x OMP's residual;
-a larger pool does not help (3k: 1.047x, it accepts more per round).
+residual, so a smaller gamma trades exactness for passes; a larger pool does not help (it accepts more per round).
 Then `swap_rounds` refinement rounds (CoSaMP's other half, as in OMP with replacement): a pass proposes m_s = k/10
 atoms, the pool OMP grows the support to k + m_s, and the m_s atoms of least removal cost w_i^2 / (G^-1)_ii (the
 exact increase of ||r||^2 for least squares, Couvreur & Bresler 2000; CoSaMP prunes by |w_i|) are removed at once,
 then NNLS is re-fit. A round is kept only if the residual went down (best iterate: the reported residual never
-increases). One swap round of k/10: 1.034x -> 1.015x OMP's residual for one more pass (k/4: 1.006x).
+increases). One swap round of k/10 closes most of the remaining gap to OMP's residual for one more pass.
 Memory: k + m_s support rows, the pool (m rows) and its Gram columns; the store itself is only ever streamed.
 
 Saturation and fill. When the target lies far outside the cone of the pool's trajectories, the non-negative fit stops
@@ -75,10 +73,10 @@ class PursuitConfig:
     atoms_per_round: int = 0  # m: pool taken per pass; 0 = auto, pool_factor x (atoms still to add)
     pool_factor: float = 2.0  # auto m = 2 (k - |S|), CoSaMP's 2k: larger costs Gram GEMMs, smaller costs passes
     min_atoms_per_round: int = 64  # floor of auto m, so the last rounds of a nearly full support are not starved
-    accept_ratio: float = 0.5  # gamma: accept pool atoms while corr > gamma * tau; 0.8 -> 1 more pass, 0.3 -> 1.08x
+    accept_ratio: float = 0.5  # gamma: accept pool atoms while corr > gamma * tau (trade-off: docs/BENCHMARKS.md)
     max_rounds: int = 50  # cap on passes; CoSaMP-style pursuits converge in 10-30 (docs/ALGORITHMS.md §2.6)
     swap_rounds: int = 1  # refinement passes after |S| = k (propose, grow to k + m_s, prune back to k)
-    swap_fraction: float = 0.1  # m_s = 0.1 k: 1.034x -> 1.015x OMP's residual for +20% time (0.25 k: 1.006x, +55%)
+    swap_fraction: float = 0.1  # m_s = 0.1 k atoms per swap round (trade-off: docs/BENCHMARKS.md)
     tol: float = 1e-4  # stop when ||r|| / ||b|| <= tol: GradMatch's default (docs/ALGORITHMS.md §2.3)
     max_omp_iterations: int = 0  # cap on OMP baselines' passes; 0 = 2 k (NNLS drops can need more than k)
     seed: int = 0  # random fill of gradmatch_omp and random_k; nothing in GTP is random
@@ -209,8 +207,8 @@ def _grow(sup: CholeskySupport, scan: Scan, b: np.ndarray, limit: int, m: int, g
 def _prune(sup: CholeskySupport, k: int) -> None:
     """Back to |S| = k: remove the |S| - k atoms of least removal cost at once, then re-fit NNLS.
 
-    Measured against removing in halving batches (re-scoring after each): 1.0058x vs 1.0045x OMP's residual, ~5x
-    cheaper (each batch costs a factorization and an NNLS re-fit of the whole support).
+    Removing in halving batches, re-scoring after each, is a little closer to OMP and several times dearer (each
+    batch costs a factorization and an NNLS re-fit of the whole support): docs/BENCHMARKS.md.
     """
     if sup.s > k:
         cost = sup.w[: sup.s] ** 2 / sup.inverse_diagonal()  # (s,) increase of ||r||^2 if atom i alone is removed
