@@ -204,7 +204,7 @@ MULTI_TARGET = replace(
 
 FULL = Profile(
     name="full",
-    pool=(),  # filled from GTP_CORPUS_FILES (or run config) by `profile_from_env`
+    pool=(),  # filled from GTP_CORPUS_FILES or the configuration file (resources/profile.py)
     target=TargetSpec(name="target", kind="files", tasks=(), n_dev=5, n_test=100),
     corpus=CorpusConfig(max_chars=50_000),
 )
@@ -303,13 +303,3 @@ def with_user_inputs(
             "`target` in the configuration file (GTP_CONFIG)"
         )
     return profile
-
-
-def profile_from_env() -> Profile:
-    """The profile GTP_PROFILE names (default demo), with GTP_CORPUS_FILES / GTP_TARGET_* applied."""
-    return get_profile(
-        os.environ.get(PROFILE_ENV, DEFAULT_PROFILE),
-        corpus_files=split_paths(os.environ.get("GTP_CORPUS_FILES"), "GTP_CORPUS_FILES"),
-        target_files=split_paths(os.environ.get("GTP_TARGET_FILES"), "GTP_TARGET_FILES"),
-        target_task=os.environ.get("GTP_TARGET_TASK") or None,
-    )

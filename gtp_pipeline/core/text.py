@@ -21,14 +21,11 @@ forward needs no attention mask and a padded example computes the same values as
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of a token that is not scored (prompt, padding); torch's cross_entropy default
 PLAIN_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -42,17 +39,6 @@ Format = Literal["auto", "chat", "plain"]
 
 class TextFormatError(ValueError):
     """The chat template renders the prompt in a way that is not a prefix of the full conversation."""
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """How examples become token sequences; part of every feature store's identity."""
-
-    max_len: int = 128  # tokens per example; LESS uses 2048, the CPU demo affords 128
-    min_prompt_tokens: int = (
-        16  # the prompt is never cut below its last 16 tokens: keeps the question's end and header
-    )
-    fmt: Format = "auto"  # "auto": chat template when the tokenizer has one, else plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,19 +132,6 @@ def encode_example(
     ids = tuple(p + r)
     labels = (IGNORE_INDEX,) * len(p) + tuple(r)
     return Encoded(ids, labels, len(p), len(r), prompt_cut, response_cut)
-
-
-def encode_examples(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], config: TextConfig = TextConfig()
-) -> list[Encoded | Excluded]:
-    """encode_example over (prompt, response) pairs, in order."""
-    out = [encode_example(tokenizer, p, r, config.max_len, config.min_prompt_tokens, config.fmt) for p, r in pairs]
-    n_excluded = sum(isinstance(e, Excluded) for e in out)
-    if n_excluded:
-        logger.info(
-            "%d of %d examples have no response token left at max_len=%d", n_excluded, len(out), config.max_len
-        )
-    return out
 
 
 def pad_id(tokenizer: Any) -> int:
