@@ -5,10 +5,12 @@ splits); warning checks report without stopping (a high reject rate, contaminati
 """
 
 import os
+import warnings
 
 import dagster as dg
 
 from gtp_pipeline.core.profiles import SELECTION_METHODS
+from gtp_pipeline.partitions import finetune_partitions, model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
@@ -116,54 +118,89 @@ def _selection_check(asset: str):
 selection_checks = [_selection_check(f"{m}_selection") for m in SELECTION_METHODS]
 
 
+# A check per checkpoint partition, so the UI shows which checkpoint's store is damaged; preview in the pinned Dagster.
+warnings.filterwarnings("ignore", message=r"Specifying a partitions_def on an AssetCheckSpec")
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict | None:
+    """The metadata of the asset partition's latest materialization (None if it has none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()} if records else None
+
+
 def _store_check(asset: str):
-    def check_fn(context, raw_corpus, target_examples, store: ArtifactStore) -> dg.AssetCheckResult:
+    def check_fn(context, store: ArtifactStore) -> dg.AssetCheckResult:
         import numpy as np
 
-        from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, target_version
+        from gtp_pipeline.assets.locations import gradient_store_path
         from gtp_pipeline.core.feature_store import FeatureStore
-        from gtp_pipeline.partitions import model_checkpoint
 
-        version = corpus_version(raw_corpus)
-        if asset == "target_gradients":
-            version, n_rows = (
-                f"{version}-{target_version(target_examples)}",
-                int((target_examples["split"] == "dev").sum()),
-            )
-        else:
-            n_rows = raw_corpus.height
-        problems, checked = [], 0
-        for key in context.instance.get_dynamic_partitions(model_checkpoint.name):
-            path = gradient_store_path(store, asset, key, version)
-            if not (path / "zarr.json").exists():
-                continue  # not materialized yet for this partition: nothing to check
-            fs = FeatureStore.open(path)
-            checked += 1
-            if fs.meta.n_rows != n_rows or not fs.is_complete():
-                problems.append(
-                    f"{key}: {fs.meta.n_rows} rows (expected {n_rows}), {len(fs.missing_chunks())} chunks missing"
-                )
+        problems = []
+        for key in context.partition_keys:  # one, or a range in a single-run backfill
+            meta = _latest_metadata(context.instance, asset, key)
+            if meta is None or "store_version" not in meta:
+                problems.append(f"{key}: no materialization that names its store")
                 continue
-            corrupt = {c: p for c in range(fs.n_chunks) if (p := fs.chunk_problem(c))}
-            if corrupt:
+            path = gradient_store_path(store, asset, key, meta["store_version"])
+            if not (path / "zarr.json").exists():
+                problems.append(f"{key}: no store at {path}")
+                continue
+            fs = FeatureStore.open(path)
+            if fs.meta.n_rows != meta["store_rows"] or not fs.is_complete():
+                problems.append(
+                    f"{key}: {fs.meta.n_rows} rows (expected {meta['store_rows']}), "
+                    f"{len(fs.missing_chunks())} chunks missing"
+                )
+            elif corrupt := {c: p for c in range(fs.n_chunks) if (p := fs.chunk_problem(c))}:
                 problems.extend(f"{key}: chunk {c} {p}" for c, p in list(corrupt.items())[:3])
             elif not all(np.isfinite(fs.read_chunk(c)).all() for c in range(fs.n_chunks)):
                 problems.append(f"{key}: non-finite values")
         return dg.AssetCheckResult(
-            passed=not problems, metadata={"stores_checked": checked, "problems": "; ".join(problems) or "none"}
+            passed=not problems,
+            metadata={"checkpoints": ", ".join(context.partition_keys), "problems": "; ".join(problems) or "none"},
         )
 
     return dg.asset_check(
         asset=asset,
         name="stores_sound",
         blocking=True,
-        additional_ins={"raw_corpus": dg.AssetIn(), "target_examples": dg.AssetIn()},
-        description="Each checkpoint's store for the current corpus is complete, of the expected shape, and finite.",
+        partitions_def=model_checkpoint,
+        description="The store this checkpoint's materialization wrote is complete, of its recorded shape, verified "
+        "against its checksums, and finite.",
     )(check_fn)
 
 
 gradient_stores_sound = _store_check("gradient_trajectories")
 target_stores_sound = _store_check("target_gradients")
+
+
+@dg.asset_check(
+    asset="finetuned_model",
+    name="adapter_sound",
+    blocking=True,
+    partitions_def=finetune_partitions,
+    description="This fine-tune's saved adapter is the one it recorded (hash), with a finite loss and finite weights.",
+)
+def adapter_sound(context, store: ArtifactStore) -> dg.AssetCheckResult:
+    from pathlib import Path
+
+    from gtp_pipeline.core.lora_train import checkpoint_problem
+
+    problems = []
+    for key in context.partition_keys:
+        meta = _latest_metadata(context.instance, "finetuned_model", key)
+        if meta is None:
+            problems.append(f"{key}: never materialized")
+            continue
+        with store.local_folder(*meta["adapter_folder"].split("/")) as folder:
+            if problem := checkpoint_problem(Path(folder) / meta["adapter_checkpoint"]):
+                problems.append(f"{key}: {problem}")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"fine_tunes": ", ".join(context.partition_keys), "problems": "; ".join(problems) or "none"},
+    )
 
 
 @dg.asset_check(

@@ -11,13 +11,24 @@ import os
 import dagster as dg
 
 from gtp_pipeline import automation, checks
-from gtp_pipeline.assets import clusterclip, corpus, evaluation, gradients, inputs, selection, training
+from gtp_pipeline.assets import (
+    clusterclip,
+    corpus,
+    evaluation,
+    for_the_catalog,
+    gradients,
+    inputs,
+    selection,
+    training,
+)
 from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV
 from gtp_pipeline.executors import executor_for_env
 from gtp_pipeline.resources import resources_for_profile
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([inputs, corpus, clusterclip, gradients, selection, training, evaluation]),
+    assets=for_the_catalog(
+        dg.load_assets_from_modules([inputs, corpus, clusterclip, gradients, selection, training, evaluation])
+    ),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[automation.corpus_job, automation.gradients_job],
     schedules=[automation.corpus_refresh_schedule],

@@ -1,11 +1,16 @@
 """`make demo`: materialize the whole pipeline on the embedded instance, skipping what is up to date.
 
+Each stage is launched through the code location (gtp_pipeline/launcher.py: a run, or a backfill for a partitioned
+stage), so the UI shows launched runs, the timeline and the backfills; `--in-process` runs the same plan in this
+process instead (run_demo below, what the tests use).
+
 It observes the input sources first (the target and pool files by content, and the settings each stage reads:
 gtp_pipeline/assets/inputs.py), so that an edited file or setting reruns exactly the stages it shapes.
 
     GTP_PROFILE=demo python -m gtp_pipeline.demo      # what `make demo` runs, from the repo root
     python -m gtp_pipeline.demo --through target_gradients   # only that asset and what it depends on
     python -m gtp_pipeline.demo --refresh target_examples    # and rerun it although Dagster sees no change
+    python -m gtp_pipeline.demo --remove-checkpoint KEY      # drop a checkpoint partition added by hand
 
 Runs every asset in dependency order (every partition of partitioned ones) through the same
 definitions and instance as `make ui` (SQLite under .dagster/<profile>/, configured from gtp_pipeline/instance.yaml;
@@ -16,6 +21,7 @@ finished demo does nothing, and a rerun after a crash redoes only what is missin
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -58,6 +64,12 @@ def _stages(defs: dg.Definitions) -> list[list[dg.AssetKey]]:
     return stages
 
 
+def partitions_of(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey) -> list[str | None]:
+    """Every partition of the asset, or [None] for an unpartitioned one."""
+    partitions_def = defs.resolve_asset_graph().get(key).partitions_def
+    return [None] if partitions_def is None else partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+
+
 def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark runs whose process died (a killed demo) as failed and free their concurrency slots.
 
@@ -85,6 +97,16 @@ def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return released
 
 
+def remove_checkpoint_partition(instance: dg.DagsterInstance, key: str) -> None:
+    """Drop a model_checkpoint partition that names no checkpoint (one typed into the launch dialog by hand)."""
+    from gtp_pipeline.partitions import model_checkpoint
+
+    known = instance.get_dynamic_partitions(model_checkpoint.name)
+    if key not in known:
+        raise ValueError(f"no model_checkpoint partition {key!r}; registered: {known}")
+    instance.delete_dynamic_partition(model_checkpoint.name, key)
+
+
 def with_upstream(defs: dg.Definitions, names: list[str]) -> set[dg.AssetKey]:
     """The named assets and every asset they depend on, directly or not."""
     graph = defs.resolve_asset_graph()
@@ -103,6 +125,50 @@ def with_upstream(defs: dg.Definitions, names: list[str]) -> set[dg.AssetKey]:
     return found
 
 
+def step_name(keys: list[dg.AssetKey], partition: str | None) -> str:
+    return ", ".join(k.to_user_string() for k in keys) + (f" [{partition}]" if partition else "")
+
+
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance, log, tags: dict | None = None) -> None:
+    """Observe the input sources first, so that a changed file or setting shows as stale (one quick run, here)."""
+    if sources := sorted(defs.resolve_asset_graph().observable_asset_keys):
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=sources, raise_on_error=True, tags=tags
+        )
+        log(f"  observed    {', '.join(k.to_user_string() for k in sources)}")
+
+
+def stages_to_run(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    log,
+    report: list[dict],
+    only: set[dg.AssetKey] | None = None,
+    refresh: set[dg.AssetKey] = frozenset(),
+) -> Iterator[tuple[list[dg.AssetKey], list[str | None]]]:
+    """Each stage in dependency order with its partitions ([None] when unpartitioned) that are stale, missing or to
+    be refreshed; up-to-date ones are logged and added to `report`. Lazy: a stage is judged after the ones before it
+    have run (a warm-up adds the checkpoint partitions its successors then list)."""
+    for keys in _stages(defs):
+        if only is not None and not only.intersection(keys):
+            continue
+        todo = []
+        for partition in partitions_of(defs, instance, keys[0]):
+            if refresh.intersection(keys) or any(needs_run(instance, defs, k, partition) for k in keys):
+                todo.append(partition)
+            else:
+                log(f"  up to date  {step_name(keys, partition)}")
+                report.append({"assets": step_name(keys, partition), "status": "up to date", "seconds": 0.0})
+        if todo:
+            yield keys, todo
+
+
+def done_row(name: str, failed_checks: list[str], seconds: float, log) -> dict:
+    status = "materialized" + (f" (failed checks: {', '.join(failed_checks)})" if failed_checks else "")
+    log(f"  {status:<11} {name} in {seconds:.1f}s")
+    return {"assets": name, "status": status, "seconds": round(seconds, 1)}
+
+
 def run_demo(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -110,41 +176,25 @@ def run_demo(
     only: set[dg.AssetKey] | None = None,
     refresh: set[dg.AssetKey] = frozenset(),
 ) -> list[dict]:
-    """Materialize every stale or missing asset (partition) in dependency order, or only those in `only` (and the
-    assets materialized together with them), and those in `refresh` even when up to date; return what happened.
+    """Materialize every stale or missing asset (partition) in dependency order, in this process, or only those in
+    `only` (and the assets materialized together with them), and those in `refresh` even when up to date; return
+    what happened. gtp_pipeline/launcher.py launches the same plan through the code location instead.
 
     `refresh` is for inputs the observed sources do not cover (a model folder rewritten in place, for one)."""
     for run_id in release_orphaned_runs(instance):
         log(f"  released    run {run_id} (its process is gone)")
     job = defs.resolve_implicit_global_asset_job_def()
-    graph = defs.resolve_asset_graph()
-    report = []
-    if sources := sorted(graph.observable_asset_keys):  # first, so that a changed file or setting shows as stale
-        job.execute_in_process(instance=instance, asset_selection=sources, raise_on_error=True)
-        log(f"  observed    {', '.join(k.to_user_string() for k in sources)}")
-    for keys in _stages(defs):
-        if only is not None and not only.intersection(keys):
-            continue
-        partitions_def = graph.get(keys[0]).partitions_def
-        partitions = (
-            [None] if partitions_def is None else partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        )
+    observe_sources(defs, instance, log)
+    report: list[dict] = []
+    for keys, partitions in stages_to_run(defs, instance, log, report, only, refresh):
         for partition in partitions:
-            name = ", ".join(k.to_user_string() for k in keys) + (f" [{partition}]" if partition else "")
-            if not refresh.intersection(keys) and not any(needs_run(instance, defs, k, partition) for k in keys):
-                log(f"  up to date  {name}")
-                report.append({"assets": name, "status": "up to date", "seconds": 0.0})
-                continue
-            log(f"  running     {name} ...")
+            log(f"  running     {step_name(keys, partition)} ...")
             start = time.perf_counter()
             result = job.execute_in_process(
                 instance=instance, asset_selection=keys, partition_key=partition, raise_on_error=True
             )
-            seconds = time.perf_counter() - start
             failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
-            status = "materialized" + (f" (failed checks: {', '.join(failed)})" if failed else "")
-            log(f"  {status:<11} {name} in {seconds:.1f}s")
-            report.append({"assets": name, "status": status, "seconds": round(seconds, 1)})
+            report.append(done_row(step_name(keys, partition), failed, time.perf_counter() - start, log))
     return report
 
 
@@ -157,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Materialize the pipeline, skipping what is up to date.")
     parser.add_argument("--through", default="", help="comma-separated assets: only these and what they depend on")
     parser.add_argument("--refresh", default="", help="comma-separated assets to materialize even if up to date")
+    parser.add_argument(
+        "--in-process", action="store_true", help="run every stage in this process instead of launching it"
+    )
+    parser.add_argument("--remove-checkpoint", default="", metavar="KEY", help="drop a model_checkpoint partition")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.through.split(",") if n.strip()]
     only = with_upstream(defs, names) if names else None
@@ -176,8 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     write_bytes(profile_yaml(resource.settings()).encode(), resolved)
     print(f"resolved settings: {resolved}")
     instance = dg.DagsterInstance.from_config(str(home))
+    if args.remove_checkpoint:
+        remove_checkpoint_partition(instance, args.remove_checkpoint)
+        print(f"removed model_checkpoint partition {args.remove_checkpoint!r}")
+        return 0
     start = time.perf_counter()
-    run_demo(defs, instance, only=only, refresh=refresh)
+    if args.in_process:
+        run_demo(defs, instance, only=only, refresh=refresh)
+    else:
+        from gtp_pipeline.launcher import launch_demo, run_tags
+
+        launch_demo(defs, instance, run_tags(resource), only=only, refresh=refresh)
     print(f"\nDone in {time.perf_counter() - start:.0f}s.")
     if only is not None:
         return 0

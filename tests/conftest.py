@@ -30,6 +30,30 @@ def tiny_resources(tmp_path):
     return resources_for_profile("tiny", artifact_root=str(tmp_path / "artifacts"))
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """One real run of the whole tiny pipeline, shared by the tests that read its outputs (a couple of minutes):
+    (artifact root, instance, definitions, first run's report, second run's report). The instance lives in the
+    artifact root's dagster_home/."""
+    import dagster as dg
+
+    from gtp_pipeline.definitions import defs
+    from gtp_pipeline.demo import run_demo
+    from gtp_pipeline.instance import write_instance_yaml
+    from gtp_pipeline.resources import resources_for_profile
+
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    tiny_defs = dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, resources=resources_for_profile("tiny", str(root))
+    )
+    home = root / "dagster_home"
+    write_instance_yaml(home)  # the demo's own instance configuration, so `dagster dev` can open it too
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        first = run_demo(tiny_defs, instance, log=lambda _: None)
+        second = run_demo(tiny_defs, instance, log=lambda _: None)
+        yield root, instance, tiny_defs, first, second
+
+
 def pytest_collection_modifyitems(config, items):
     """`cuda` tests skip cleanly on machines without an NVIDIA GPU (CI has none)."""
     if _has_cuda():

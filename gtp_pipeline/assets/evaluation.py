@@ -1,9 +1,11 @@
 """Evaluation stage: every fine-tuned model (and the base model) on the target's held-out test split, and the report."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from gtp_pipeline.assets.locations import target_version
-from gtp_pipeline.assets.metadata import md_image, metadata_table
+from gtp_pipeline.assets.metadata import md_image, md_inline_svg, metadata_table
 from gtp_pipeline.assets.selection import by_method, selection_inputs
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.core.run_key import RunKey
@@ -181,9 +183,16 @@ def evaluation(
             "per_example": dg.MetadataValue.path(str(per_example_path)),
             "per_example_rows": len(per_example),
             "test_examples": len(examples),
-            "target": settings.target.name,
+            "target": settings.target.name
+            + (f" ({', '.join(Path(f).name for f in settings.target.files)})" if settings.target.files else ""),
             "models": len(rows),
-            "results": metadata_table([{k: r[k] for k in ("run", "seed", "loss", "accuracy")} for r in rows]),
+            "results": metadata_table(  # the base model has no fine-tune seed: an empty cell, not its -1 sentinel
+                [
+                    {**{k: r[k] for k in ("run", "loss", "accuracy")}, "seed": r["seed"] if r["seed"] >= 0 else None}
+                    for r in rows
+                ],
+                ["run", "seed", "loss", "accuracy"],
+            ),
         },
     )
 
@@ -234,8 +243,10 @@ def selection_report(
     write_bytes(report.markdown.encode(), store.path_for("selection_report", "report.md"))
     for name, png in report.plots.items():
         write_bytes(png, store.path_for("selection_report", f"{name}.png"))
+    glance = md_inline_svg(report.glance_svg) if report.glance_svg else None
     return dg.MaterializeResult(
         metadata={
+            **({"loss_at_a_glance": glance} if glance else {}),  # first, and drawn without a click
             "table": metadata_table(
                 [
                     {k: r.get(k) for k in ("method", "budget", "seeds", "loss", "loss_sd", "accuracy", "examples")}

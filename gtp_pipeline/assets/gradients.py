@@ -266,6 +266,8 @@ def _featurize_partitions(
             "excluded_count": len(invalid),
             "projection": f"rademacher d={g.proj_dim} seed={g.proj_seed}",
             "feature_kind": kind,
+            "store_version": store_key,  # the stores' folder name: stores_sound reads back what was written
+            "store_rows": len(examples),
             "model_id": loaded.model_id,
             "precision": g.feature_precision,
         },

@@ -63,6 +63,13 @@ def warmup_key(epoch: float) -> str:
     return f"{WARMUP_KEY_PREFIX}{round(epoch)}"
 
 
+def _added_by_hand(key: str) -> str:
+    return (
+        f"; if partition {key!r} was added by hand (the launch dialog offers to add a partition), remove it: "
+        f"python -m gtp_pipeline.demo --remove-checkpoint {key}"
+    )
+
+
 def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: str = ""):
     """The checkpoint behind a model_checkpoint partition key: a warm-up epoch of this corpus, or a user folder."""
     from gtp_pipeline.core.lora_train import list_checkpoints, read_checkpoint
@@ -73,13 +80,15 @@ def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: s
         if not found:
             raise FileNotFoundError(
                 f"no warm-up checkpoint {key!r} for corpus {version}: materialize warmup_checkpoints first"
+                + _added_by_hand(key)
             )
         return found[-1]
     if not user_dir:
         raise FileNotFoundError(
             f"checkpoint {key!r} is not a warm-up checkpoint and no checkpoint folder is configured (GTP_CHECKPOINT_DIR)"
+            + _added_by_hand(key)
         )
     path = Path(user_dir) / key
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist" + _added_by_hand(key))
     return read_checkpoint(path)

@@ -44,6 +44,17 @@ def md_image(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
+# Dagster's UI draws a markdown metadata value inline on the asset page only when it is shorter than this; longer
+# ones sit behind a "[Show Markdown]" button (ui-core MetadataEntry, expandSmallValues).
+INLINE_MARKDOWN_LIMIT = 1000
+
+
+def md_inline_svg(svg: str) -> dg.MetadataValue | None:
+    """An SVG as markdown short enough to show on the asset page without a click, or None if it is too long."""
+    md = f"![](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
+    return dg.MetadataValue.md(md) if len(md) < INLINE_MARKDOWN_LIMIT else None
+
+
 def counts_table(frame, by: list[str], limit: int = 80) -> dg.MetadataValue:
     """Row counts of a polars frame grouped by `by`, largest first."""
     grouped = frame.group_by(by).len("rows").sort(["rows", *by], descending=[True] + [False] * len(by))

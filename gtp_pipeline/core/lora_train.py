@@ -241,6 +241,25 @@ def _data_identity(ids: Sequence[str], weights: np.ndarray | None, stream: Seque
     return digest.hexdigest()[:32]
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a saved checkpoint cannot be trusted (unreadable state, adapter not the one recorded, a non-finite loss or
+    weight), or None."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        info = read_checkpoint(path)
+        adapter = load_file(str(path / "adapter_model.safetensors"))
+    except Exception as err:  # a damaged file raises whatever its reader raises
+        return f"unreadable: {type(err).__name__}: {err}"
+    if _adapter_hash(path) != info.checkpoint_id:
+        return f"adapter hash {_adapter_hash(path)} is not the recorded {info.checkpoint_id}"
+    if not math.isfinite(info.mean_loss):
+        return f"mean training loss {info.mean_loss}"
+    bad = sorted(name for name, t in adapter.items() if not torch.isfinite(t).all())
+    return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
+
+
 def _adapter_hash(path: Path) -> str:
     return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
 

@@ -138,3 +138,41 @@ def forest_png(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     return _png(plt, fig)
+
+
+SVG_COLORS = ("blue", "red", "green", "purple", "gray", "brown", "teal")  # names: shorter than hex, no "#" to escape
+
+
+def lines_svg(series: dict[str, Sequence[float]], xticks: Sequence[str]) -> str:
+    """A bare line chart in a few hundred bytes of SVG: one line per name over evenly spaced x positions (`xticks`),
+    labelled at its right end, the y range written at the left. Small enough to embed where a UI draws only short
+    markdown inline (the selection report's at-a-glance plot); the full plots are PNGs."""
+    values = [y for ys in series.values() for y in ys if y == y]
+    lo, hi = min(values), max(values)
+    width, height = 300, 150  # an <img>'s default size for an SVG without one: no attributes needed
+    left, right, top, bottom = 26, 56, 8, 16
+
+    def px(i: int) -> int:
+        return round(left + i * (width - left - right) / max(1, len(xticks) - 1))
+
+    def py(y: float) -> int:
+        return round(top + (hi - y) / ((hi - lo) or 1.0) * (height - top - bottom))
+
+    def last(ys: Sequence[float]) -> float:
+        return next(y for y in reversed(ys) if y == y)
+
+    lines, labels, label_y = [], [], -99
+    drawn = [(k, name, ys) for k, (name, ys) in enumerate(series.items()) if any(y == y for y in ys)]
+    for k, name, ys in sorted(drawn, key=lambda e: py(last(e[2]))):
+        color = SVG_COLORS[k % len(SVG_COLORS)]
+        lines.append(
+            f'<path d="M{" ".join(f"{px(i)},{py(y)}" for i, y in enumerate(ys) if y == y)}" stroke="{color}"/>'
+        )
+        label_y = max(py(last(ys)) + 3, label_y + 10)  # labels of lines that end close together stay apart
+        labels.append(f'<text x="{width - right + 3}" y="{label_y}" fill="{color}">{name}</text>')
+    ticks = "".join(f'<tspan x="{px(i) - 8}">{t}</tspan>' for i, t in enumerate(xticks))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" font-size="10">'
+        f'<g fill="none">{"".join(lines)}</g>{"".join(labels)}<text y="{top + 5}">{hi:.2f}</text>'
+        f'<text y="{height - bottom}">{lo:.2f}</text><text y="{height - 2}">{ticks}</text></svg>'
+    )

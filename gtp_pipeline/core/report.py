@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.corpus import prompt_key
-from gtp_pipeline.core.plots import bar_png, forest_png, heatmap_png, lines_png, stacked_bar_png
+from gtp_pipeline.core.plots import bar_png, forest_png, heatmap_png, lines_png, lines_svg, stacked_bar_png
 from gtp_pipeline.core.verdict import METRICS, compare_methods, gap_closed_table, recommend
 
 METHOD_ORDER = ("base", "full", "gtp", "topk", "random", "clusterclip")
@@ -35,6 +35,7 @@ class Report:
     plots: dict[str, bytes] = field(default_factory=dict)
     verdicts: list[dict[str, Any]] = field(default_factory=list)  # compare_methods rows, every metric
     gaps: list[dict[str, Any]] = field(default_factory=list)  # gap_closed_table rows, every metric
+    glance_svg: str | None = None  # loss vs budget per method and full data, small enough to show inline
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -205,6 +206,7 @@ def build_report(evaluation, selections: dict, plan, corpus, per_example=None) -
         )
     table_md = "\n".join(lines)
     plots: dict[str, bytes] = {}
+    glance = None
 
     # score vs budget, one line per selection method; base and full data as flat references
     budgets = sorted({r["budget"] for r in rows if r["method"] not in ("base", "full")}, key=_budget_order)
@@ -221,6 +223,11 @@ def build_report(evaluation, selections: dict, plan, corpus, per_example=None) -
             value = next((r[metric] for r in rows if r["method"] == ref), math.nan)
             if not math.isnan(value) and budgets:
                 series[ref] = ([_budget_order(budgets[0]), _budget_order(budgets[-1])], [value, value])
+        if metric == "loss" and budgets and (lines := {m: ys for m, (_, ys) in series.items() if m != "base"}):
+            full = lines.pop("full", None)  # a flat line over every budget, drawn last
+            lines = {m: ys if len(ys) == len(budgets) else [math.nan] * len(budgets) for m, ys in lines.items()}
+            ticks = [b.replace("pct", "%") for b in budgets]
+            glance = lines_svg({**lines, **({"full": [full[0]] * len(budgets)} if full else {})}, ticks)
         if series and budgets:
             plots[f"{metric}_vs_budget"] = lines_png(
                 series, title=f"target {metric} vs budget", xlabel="budget (% of pool)", ylabel=metric, log_x=True
@@ -287,4 +294,4 @@ def build_report(evaluation, selections: dict, plan, corpus, per_example=None) -
             "\n".join(f"![{name}]({name}.png)" for name in plots),
         ]
     )
-    return Report(rows, table_md, markdown, plots, verdicts, gaps)
+    return Report(rows, table_md, markdown, plots, verdicts, gaps, glance)

@@ -27,3 +27,26 @@ def test_evaluation_check_names_an_unscored_fine_tune_and_a_missing_base_model(t
     meta = {k: v.value for k, v in result.metadata.items()}
     assert not result.passed and meta["base_model_scored"] is False
     assert meta["unscored"] == f"{dropped['run']}|{dropped['seed']}"
+
+
+def test_store_check_runs_per_checkpoint_and_fails_only_the_damaged_one(tiny_pipeline, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.resources.storage import ArtifactStore
+
+    root, instance, _, _, _ = tiny_pipeline
+    shutil.copytree(root / "gradient_trajectories", tmp_path / "gradient_trajectories")  # a copy, to damage
+    checkpoints = instance.get_dynamic_partitions("model_checkpoint")
+    damaged = checkpoints[-1]
+    (store_path,) = (tmp_path / "gradient_trajectories" / damaged).glob("*.zarr")
+    Path(FeatureStore.open(store_path).chunk_file(0)).write_bytes(b"not the features")
+    outcome = {}
+    for key in checkpoints:  # direct invocation, one partition each (a run would repair the chunk first)
+        context = dg.build_op_context(instance=instance, partition_key=key)
+        result = checks.gradient_stores_sound(context, store=ArtifactStore(root=str(tmp_path)))
+        outcome[key] = (result.passed, result.metadata["problems"].value, result.metadata["checkpoints"].value)
+    assert outcome[damaged][0] is False and outcome[damaged][2] == damaged
+    assert outcome[damaged][1].startswith(f"{damaged}: chunk 0 ")
+    assert all(passed and problems == "none" for k, (passed, problems, _) in outcome.items() if k != damaged)

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,35 @@ def test_warmup_subset_is_a_seeded_fraction():
     assert len(warmup_subset(10, 0.01)) == 1
     with pytest.raises(ValueError):
         warmup_subset(10, 0.0)
+
+
+def test_checkpoint_problem_finds_a_swapped_adapter_and_non_finite_weights(tmp_path, tiny):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from gtp_pipeline.core.lora_train import checkpoint_problem
+
+    result = train_lora(tiny.model, tiny.tokenizer, EXAMPLES, tmp_path / "run", CFG, model_id=tiny.model_id)
+    first, last = (Path(c.path) for c in (result.checkpoints[0], result.checkpoints[-1]))
+    assert checkpoint_problem(last) is None
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(last, swapped)
+    shutil.copy(first / "adapter_model.safetensors", swapped / "adapter_model.safetensors")
+    assert "is not the recorded" in checkpoint_problem(swapped)
+
+    poisoned = tmp_path / "poisoned"  # NaN weights whose hash was recorded: the weights themselves are checked
+    shutil.copytree(last, poisoned)
+    weights = adapter(last)
+    name = sorted(weights)[0]
+    weights[name][0] = float("nan")
+    save_file(weights, str(poisoned / "adapter_model.safetensors"))
+    state = json.loads((poisoned / "trainer_state.json").read_text())
+    state["checkpoint_id"] = hashlib.sha256((poisoned / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+    (poisoned / "trainer_state.json").write_text(json.dumps(state))
+    assert checkpoint_problem(poisoned) == f"non-finite weights in {name}"
+
+    (poisoned / "trainer_state.json").write_text("{")
+    assert checkpoint_problem(poisoned).startswith("unreadable")

@@ -120,3 +120,30 @@ def test_report_with_per_example_adds_verdict_gap_closed_forest_plot_and_recomme
         png = report.plots[f"verdict_{metric}"]
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert f"![verdict_{metric}](verdict_{metric}.png)" in report.markdown
+
+
+def test_the_at_a_glance_plot_draws_every_method_and_full_data_and_stays_short_enough_to_show_inline():
+    import xml.etree.ElementTree as ET
+
+    from gtp_pipeline.assets.metadata import INLINE_MARKDOWN_LIMIT, md_inline_svg
+    from gtp_pipeline.core.plots import lines_svg
+
+    report = build_report(evaluation_table(per_example_table()), *inputs())
+    svg = ET.fromstring(report.glance_svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [t.text for t in svg.iter(f"{ns}text")]
+    assert {*METHODS, "full"} <= set(labels) and "base" not in labels  # base's loss would flatten the rest
+    assert len(list(svg.iter(f"{ns}path"))) == len(METHODS) + 1
+    gtp_y, topk_y = (int(labels_y) for labels_y in (_label_y(svg, "gtp"), _label_y(svg, "topk")))
+    assert gtp_y > topk_y  # planted: gtp's loss is lowest of the methods, so its line ends lower in the plot
+    assert len(md_inline_svg(report.glance_svg).value) < INLINE_MARKDOWN_LIMIT
+
+    # three budgets and longer names still fit; a missing point is skipped, not drawn at NaN
+    five = {name: [5.5, 5.4, float("nan")] for name in ("gtp+per_example", "topk", "random", "clusterclip")}
+    wide = lines_svg({**five, "full": [3.2, 3.2, 3.2]}, ["0.5%", "1%", "5%"])
+    assert "nan" not in wide and md_inline_svg(wide) is not None
+    assert md_inline_svg(wide + " " * INLINE_MARKDOWN_LIMIT) is None
+
+
+def _label_y(svg, name: str) -> str:
+    return next(t.get("y") for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.text == name)

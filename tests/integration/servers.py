@@ -31,21 +31,24 @@ def local_instance_yaml(home: Path) -> Path:
 class DagsterDev:
     """`dagster dev` on 127.0.0.1 with its own DAGSTER_HOME and the tiny profile."""
 
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None):
-        self.home, self.port = tmp / "dagster_home", free_port()
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, artifact_root: Path | None = None):
+        """A fresh instance in tmp/dagster_home, or, given `artifact_root`, the instance in its dagster_home/ (the
+        tiny_pipeline fixture's, whose materializations the UI then shows)."""
+        self.home = (artifact_root or tmp) / "dagster_home"
+        self.port = free_port()
         local_instance_yaml(self.home)
         self.env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),
             "GTP_PROFILE": "tiny",
-            "GTP_ARTIFACT_ROOT": str(tmp / "artifacts"),
+            "GTP_ARTIFACT_ROOT": str(artifact_root or tmp / "artifacts"),
             **(env or {}),
         }
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / "dagster_dev.log", "w")  # noqa: SIM115 - closed in stop()
         dagster = Path(sys.executable).with_name("dagster")
         self.proc = subprocess.Popen(
-            [str(dagster), "dev", "-m", "gtp_pipeline.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
+            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
             cwd=REPO,
             env=self.env,
             stdout=self.log,

@@ -63,16 +63,15 @@ def test_graphql_launch_materializes_target_examples(server):
     assert {"dev_examples", "test_examples"} <= {m["label"] for m in latest["metadataEntries"]}
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="needs Debian's chromium and chromium-driver (make setup installs them as root)",
 )
-def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_path):
+
+
+def headless_chromium(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from gtp_pipeline.definitions import defs
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -90,7 +89,16 @@ def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_pa
         "--window-size=1600,1800",  # tall enough that the corpus group graph draws all its nodes
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+@needs_chromium
+def test_asset_graph_page_shows_the_pipeline_in_headless_chromium(server, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from gtp_pipeline.definitions import defs
+
+    driver = headless_chromium(tmp_path)
     repo = server.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
     address = f"{repo['name']}@{repo['location']['name']}"
     groups: dict[str, list[str]] = {}
@@ -120,3 +128,61 @@ def test_dagster_dev_in_the_repo_root_starts_without_the_ignored_dagster_yaml_wa
     log = Path(server.log.name).read_text()  # dagster dev's own output, started in the repo root
     assert "Dagster webserver" in log or "Serving dagster-webserver" in log or "webserver" in log.lower()
     assert "Found a dagster instance configuration value" not in log
+
+
+RUNS = """query R($tag: String!) { runsOrError(filter: {tags: [{key: "gtp/launched_by", value: $tag}]}) {
+  ... on Runs { results { runId status assetSelection { path } tags { key value } } } } }"""
+
+
+def test_demo_runs_are_launched_runs_the_ui_lists_and_its_daemon_runs_them(server, monkeypatch):
+    import dagster as dg
+
+    from gtp_pipeline.definitions import defs
+    from gtp_pipeline.demo import with_upstream
+    from gtp_pipeline.launcher import daemon_running, launch_demo
+    from gtp_pipeline.resources import resources_for_profile
+
+    root = server.env["GTP_ARTIFACT_ROOT"]
+    monkeypatch.setenv("GTP_ARTIFACT_ROOT", root)
+    tiny = dg.Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, resources=resources_for_profile("tiny", root)
+    )
+    with dg.DagsterInstance.from_config(str(server.home)) as instance:
+        deadline = time.time() + 60
+        while not daemon_running(instance):  # dagster dev's daemon takes the queue, the demo only follows
+            assert time.time() < deadline, "dagster dev's daemon never beat its heart"
+            time.sleep(2)
+        report = launch_demo(
+            tiny, instance, {"gtp/launched_by": "demo"}, log=lambda _: None, only=with_upstream(tiny, ["raw_corpus"])
+        )
+    assert [r["status"] for r in report if r["assets"].startswith("corpus_rejects")] == ["materialized"]
+    runs = server.graphql(RUNS, {"tag": "demo"})["runsOrError"]["results"]
+    listed = {tuple(sorted(a["path"][0] for a in r["assetSelection"])): r for r in runs}
+    run = listed[("corpus_rejects", "raw_corpus")]
+    assert run["status"] == "SUCCESS"
+    assert {"key": "dagster/code_location", "value": "gtp_pipeline"} in run["tags"]
+
+
+@needs_chromium
+def test_the_report_asset_page_shows_its_table_and_loss_plot_without_a_click(tiny_pipeline, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root = tiny_pipeline[0]
+    dev = DagsterDev(tmp_path, artifact_root=root)  # the UI on the instance the whole tiny pipeline ran in
+    driver = None
+    try:
+        dev.wait_ready()
+        driver = headless_chromium(tmp_path)
+        driver.get(f"{dev.url}/assets/selection_report")
+        plot = 'img[src^="data:image/svg+xml"]'
+        WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, plot))
+        driver.save_screenshot(str(tmp_path / "selection_report.png"))
+        (image,) = driver.find_elements(By.CSS_SELECTOR, plot)  # on the page itself: a dialog draws only when opened
+        assert image.is_displayed() and image.size["width"] > 100  # drawn, not a broken-image icon
+        cells = {c.text for c in driver.find_elements(By.CSS_SELECTOR, "td, th")}
+        assert {"method", "budget", "loss"} <= cells and {"gtp", "topk", "random"} <= cells, sorted(cells)[:40]
+    finally:
+        if driver is not None:
+            driver.quit()
+        dev.stop()
