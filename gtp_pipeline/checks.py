@@ -4,18 +4,18 @@ Blocking checks stop downstream assets in the same run when they fail (wrong ids
 splits); warning checks report without stopping (a high reject rate, contamination kept by flag).
 """
 
-import os
 import warnings
 
 import dagster as dg
 
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.core.profiles import SELECTION_METHODS
 from gtp_pipeline.partitions import finetune_partitions, model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
 # A reject share above this warns: usually a schema mismatch in the user's files, not bad rows.
-MAX_REJECT_SHARE = float(os.environ.get("GTP_MAX_REJECT_SHARE", "0.2"))
+MAX_REJECT_SHARE = float(env.get("GTP_MAX_REJECT_SHARE"))
 
 
 @dg.asset_check(asset="raw_corpus", blocking=True, description="example_id is unique and no text is empty.")

@@ -6,8 +6,6 @@ GTP_EXECUTOR (unset: Dagster's default; "dask": steps on a Dask cluster, see gtp
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from gtp_pipeline import automation, checks
@@ -21,7 +19,7 @@ from gtp_pipeline.assets import (
     selection,
     training,
 )
-from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.executors import executor_for_env
 from gtp_pipeline.resources import resources_for_profile
 
@@ -33,6 +31,6 @@ defs = dg.Definitions(
     jobs=[automation.corpus_job, automation.gradients_job],
     schedules=[automation.corpus_refresh_schedule],
     sensors=[automation.automation_sensor, automation.new_checkpoint_sensor],
-    resources=resources_for_profile(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)),
+    resources=resources_for_profile(env.get("GTP_PROFILE")),
     executor=executor_for_env(),
 )

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.gpu_workers import STEP_RESOURCES, parse_devices, usable_requirements, visible_devices
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,10 @@ class UnknownExecutorError(ValueError):
 
 def executor_for_env(environ: Mapping[str, str] | None = None) -> dg.ExecutorDefinition | None:
     """The executor named by GTP_EXECUTOR, for `Definitions(executor=...)`; None (Dagster's default) when unset."""
-    env = os.environ if environ is None else environ
-    name = (env.get(EXECUTOR_ENV) or "").strip().lower().replace("-", "_")
+    name = env.get(EXECUTOR_ENV, environ).strip().lower().replace("-", "_")
     if not name:
         return None
-    return executor_named(name, default_scheduler=env.get(SCHEDULER_ENV, ""))
+    return executor_named(name, default_scheduler=env.get(SCHEDULER_ENV, environ))
 
 
 def executor_named(name: str, default_scheduler: str = "") -> dg.ExecutorDefinition:

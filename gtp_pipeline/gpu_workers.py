@@ -30,12 +30,13 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from gtp_pipeline.core import settings as env
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ def visible_devices(
     environ: Mapping[str, str] | None = None, device_count: Callable[[], int] | None = None
 ) -> list[str]:
     """The GPUs this process may use: CUDA_VISIBLE_DEVICES's entries when set, else 0..device_count()-1 (torch)."""
-    env = os.environ if environ is None else environ
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return parse_devices(env["CUDA_VISIBLE_DEVICES"])
+    visible = env.raw("CUDA_VISIBLE_DEVICES", environ)
+    if visible is not None:
+        return parse_devices(visible)
     return [str(i) for i in range((device_count or _torch_device_count)())]
 
 

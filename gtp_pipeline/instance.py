@@ -9,7 +9,6 @@ repo: switching profiles never makes one profile's history claim another's artif
 """
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -34,11 +33,15 @@ def write_instance_yaml(home: Path, template: Path = TEMPLATE) -> Path:
 
 
 def instance_home(profile: str | None = None, artifact_root: str | None = None) -> Path:
-    """`.dagster/<profile>` (plus a hash of a non-default artifact root), with its dagster.yaml written."""
-    from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV
+    """`.dagster/<profile>` (plus a hash of a non-default artifact root), with its dagster.yaml written. Without a
+    profile: the run's name, which the configuration file (GTP_CONFIG) gives when there is one, as the demo's."""
+    from gtp_pipeline.core import settings as env
+    from gtp_pipeline.core.run_config import load_run_config
     from gtp_pipeline.resources import default_artifact_root
 
-    profile = profile or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
+    if profile is None:
+        config = env.get("GTP_CONFIG")
+        profile = load_run_config(config).name if config else env.get("GTP_PROFILE")
     root = artifact_root or default_artifact_root(profile)
     name = profile
     if Path(root).resolve() != (REPO_ROOT / "artifacts" / profile).resolve():

@@ -23,12 +23,13 @@ corpus version (and gradient stores) of its own for that target; a profile that 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gtp_pipeline.core import settings as env
 
 DEFAULT_PROFILE = "multitarget"
 DEFAULT_METHODS = "gtp,gtp+per_example,topk,random"
@@ -50,9 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def profile_targets(profile_name: str) -> list[str]:
     """The targets the configuration file (GTP_CONFIG) or the named profile lists in contamination_targets."""
     from gtp_pipeline.core.profiles import PROFILES
-    from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
+    from gtp_pipeline.core.run_config import load_run_config
 
-    config = os.environ.get(CONFIG_ENV)
+    config = env.get("GTP_CONFIG")
     profile = load_run_config(config) if config else PROFILES.get(profile_name)
     names = [t.name for t in profile.contamination_targets] if profile else []
     if not names:
@@ -60,18 +61,18 @@ def profile_targets(profile_name: str) -> list[str]:
     return names
 
 
-def _child(module: str, args: list[str], env: dict[str, str], log) -> None:
+def _child(module: str, args: list[str], environ: dict[str, str], log) -> None:
     command = [sys.executable, "-m", module, *args]
-    log(f"$ GTP_TARGET_TASK={env['GTP_TARGET_TASK']} {shlex.join(command[1:])}")
-    subprocess.run(command, env=env, check=True)
+    log(f"$ GTP_TARGET_TASK={environ['GTP_TARGET_TASK']} {shlex.join(command[1:])}")
+    subprocess.run(command, env=environ, check=True)
 
 
 def study_target(target: str, args: argparse.Namespace, full_seeds: str, log=print) -> None:
     """Materialize what `target`'s study reads, then run the study (resuming whatever it finished before)."""
-    env = {**os.environ, "GTP_TARGET_TASK": target}
-    _child("gtp_pipeline.demo", ["--through", NEEDS], env, log)  # target_input sees the target change
+    child_env = env.child_environment(GTP_TARGET_TASK=target)
+    _child("gtp_pipeline.demo", ["--through", NEEDS], child_env, log)  # target_input sees the target change
     study = ["--methods", args.methods, "--budgets", args.budgets, "--seeds", args.seeds, "--full-seeds", full_seeds]
-    _child("gtp_pipeline.variant_study", study, env, log)
+    _child("gtp_pipeline.variant_study", study, child_env, log)
 
 
 def write_report(root: Path, targets: list[str], command: str) -> Path:
@@ -99,9 +100,9 @@ def write_report(root: Path, targets: list[str], command: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("GTP_PROFILE", DEFAULT_PROFILE)
+    env.set_default("GTP_PROFILE", DEFAULT_PROFILE)
     args = parse_args(argv)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] or profile_targets(os.environ["GTP_PROFILE"])
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] or profile_targets(env.get("GTP_PROFILE"))
     stages = STAGES if args.stage == "all" else (args.stage,)
     start = time.perf_counter()
     if "select" in stages:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if "report" in stages:
         from gtp_pipeline.definitions import defs
 
-        command = f"GTP_PROFILE={os.environ['GTP_PROFILE']} python -m gtp_pipeline.multi_target " + shlex.join(
+        command = f"GTP_PROFILE={env.get('GTP_PROFILE')} python -m gtp_pipeline.multi_target " + shlex.join(
             a for k, v in vars(args).items() if k != "stage" for a in (f"--{k.replace('_', '-')}", v)
         )
         report = write_report(defs.resources["store"].path_for("variant_study"), targets, command)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import dagster as dg
+
+from gtp_pipeline.core import settings as env
 
 # One partition per warm-up (or user) checkpoint; keys are registered by the asset that writes them
 # and by the checkpoint sensor.
@@ -13,7 +14,7 @@ model_checkpoint = dg.DynamicPartitionsDefinition(name="model_checkpoint")
 
 # Shards split a checkpoint's gradient work into independent units any worker can run (store chunk c belongs
 # to shard c % N_SHARDS). Fixed at load time because partitions are; set GTP_GRADIENT_SHARDS to change it.
-N_SHARDS = int(os.environ.get("GTP_GRADIENT_SHARDS", "2"))
+N_SHARDS = int(env.get("GTP_GRADIENT_SHARDS"))
 gradient_shard = dg.StaticPartitionsDefinition([str(i) for i in range(N_SHARDS)])
 checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint, "shard": gradient_shard})
 
@@ -21,12 +22,12 @@ checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint,
 def _profile_for_partitions():
     """The configuration file GTP_CONFIG names, else the profile GTP_PROFILE names, without the user-file checks
     (partitions only need its budgets and seeds)."""
-    from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILE_ENV, PROFILES
-    from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
+    from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILES
+    from gtp_pipeline.core.run_config import load_run_config
 
-    if os.environ.get(CONFIG_ENV):
-        return load_run_config(os.environ[CONFIG_ENV])
-    return PROFILES.get(os.environ.get(PROFILE_ENV, DEFAULT_PROFILE), PROFILES[DEFAULT_PROFILE])
+    if config := env.get("GTP_CONFIG"):
+        return load_run_config(config)
+    return PROFILES.get(env.get("GTP_PROFILE"), PROFILES[DEFAULT_PROFILE])
 
 
 def _finetune_partitions() -> dg.MultiPartitionsDefinition:

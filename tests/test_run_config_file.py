@@ -37,3 +37,15 @@ def test_a_typo_in_the_configuration_stops_the_definitions_naming_the_key(tmp_pa
     done = run("profile: tiny\ngradients: {projdim: 128}\n", tmp_path)
     assert done.returncode != 0
     assert "my-run.yaml: gradients.projdim: unknown key; did you mean 'proj_dim'?" in done.stderr
+
+
+def test_make_ui_opens_the_instance_the_configured_demo_wrote_to(tmp_path):
+    path = tmp_path / "my-run.yaml"
+    path.write_text("profile: tiny\n")
+    env = {**os.environ, "GTP_CONFIG": str(path), "GTP_PROFILE": "demo"}
+    env.pop("GTP_ARTIFACT_ROOT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "gtp_pipeline.instance"], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(REPO_ROOT / ".dagster" / "my-run")  # the demo's: instance_home(name, root)

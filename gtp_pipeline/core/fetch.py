@@ -21,11 +21,12 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tarfile
 from pathlib import Path
+
+from gtp_pipeline.core import settings as env
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,15 @@ class DataNotInstalledError(FileNotFoundError):
 
 def data_dir() -> Path:
     """Where setup puts extracted data: $GTP_DATA_DIR, else `.data/` in the checkout."""
-    env = os.environ.get("GTP_DATA_DIR")
-    if env:
-        return Path(env).resolve()
+    if folder := env.get("GTP_DATA_DIR"):
+        return Path(folder).resolve()
     return Path(__file__).resolve().parents[2] / ".data"
 
 
 def model_cache_dir() -> Path:
     """Where converted models (SmolLM2 from its GGUF) are kept: $GTP_MODEL_CACHE, else `models/` in data_dir()."""
-    env = os.environ.get("GTP_MODEL_CACHE")
-    return Path(env).expanduser().resolve() if env else data_dir() / "models"
+    folder = env.get("GTP_MODEL_CACHE")
+    return Path(folder).expanduser().resolve() if folder else data_dir() / "models"
 
 
 def bigbench_dir(root: Path | None = None) -> Path:

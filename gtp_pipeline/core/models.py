@@ -35,11 +35,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.core.config_errors import ConfigurationError
 
 # Nothing in this module may reach a model hub: fail fast instead of retrying a download.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+env.stay_offline()
 
 logger = logging.getLogger(__name__)
 

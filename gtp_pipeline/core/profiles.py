@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 
 from gtp_pipeline.core.config_errors import ConfigurationError
 from gtp_pipeline.core.corpus import CorpusConfig
+from gtp_pipeline.core.settings import SETTINGS
 from gtp_pipeline.core.targets import TargetSpec
 
-PROFILE_ENV = "GTP_PROFILE"
-DEFAULT_PROFILE = "demo"
+DEFAULT_PROFILE = SETTINGS["GTP_PROFILE"].default
 
 
 @dataclass(frozen=True)

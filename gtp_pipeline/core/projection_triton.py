@@ -32,11 +32,11 @@ otherwise, and wherever Triton or CUDA is missing.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
+from gtp_pipeline.core import settings as env
 from gtp_pipeline.core.projection import TILE_ROWS, ProjectionConfig, ProjectionError, Projector
 
 try:
@@ -55,7 +55,7 @@ def triton_available() -> bool:
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (tests without a GPU)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return env.get("TRITON_INTERPRET") == "1"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ itself for a local root; for a URL root, a local mirror that is pulled before an
 """
 
 import hashlib
-import os
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from gtp_pipeline.core import settings as env
 
 
 class ArtifactPathError(ValueError):
@@ -82,7 +83,7 @@ class ArtifactStore(dg.ConfigurableResource):
         from gtp_pipeline.core.mirror import pull, push
 
         remote = self._remote_path(parts)  # validates parts
-        base = Path(self.local_cache or os.environ.get("GTP_LOCAL_CACHE") or Path.home() / ".cache" / "gtp_pipeline")
+        base = Path(self.local_cache or env.get("GTP_LOCAL_CACHE") or Path.home() / ".cache" / "gtp_pipeline")
         local = base / "mirror" / hashlib.sha256(self.root.encode()).hexdigest()[:12] / Path(*parts)
         local.mkdir(parents=True, exist_ok=True)
         pull(remote, local)
