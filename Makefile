@@ -24,7 +24,7 @@ $(SETUP_STAMP): pyproject.toml requirements-data.txt
 
 # BIG-bench task files shipped in gtp_pipeline/data/bigbench, checked and decompressed into .data (idempotent).
 data: $(SETUP_STAMP)
-	$(BIN)/python -m gtp_pipeline.core.fetch
+	$(BIN)/python -m gtp_pipeline.core.ingest.fetch
 
 # Debian packages the integration tests use (a real PostgreSQL server, headless Chromium). Installed
 # when we are root with apt-get (CI); elsewhere those tests skip and say why.

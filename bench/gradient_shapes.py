@@ -9,7 +9,7 @@ alpha=512 on q/k/v/o of every layer, d=8192, bf16.
 One run, same model, rows, checkpoint (one real AdamW step, so the Adam moments are real) and projection matrix:
   ours   FeatureComputer: gradients of a batch from one forward/backward straight into a projection buffer of
          BUFFER_ROWS rows (Adam direction, bf16), each fill projected by the TritonProjector (R generated on the
-         GPU; core/projection_triton.py). Timed over two full fills after a warm-up fill.
+         GPU; core/features/projection_triton.py). Timed over two full fills after a warm-up fill.
   loop   LESS's collect_grad_reps.py: one example per forward/backward (`model(**batch).loss`, full logits), bf16
          (LESS's default dtype), Adam direction, the *same* TritonProjector every 16 examples (project_interval).
 Reported, besides bench/gradients.py's keys: end-to-end examples/s with the projection, the projection's share of
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from less_loop import LessLoop
 
-from gtp_pipeline.core import models
-from gtp_pipeline.core.featurize import FeatureComputer, FeatureConfig
-from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
-from gtp_pipeline.core.projection import ProjectionConfig
-from gtp_pipeline.core.text import Encoded, encode_example, pad_id
+from gtp_pipeline.core.features.featurize import FeatureComputer, FeatureConfig
+from gtp_pipeline.core.features.projection import ProjectionConfig
+from gtp_pipeline.core.training import models
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora
+from gtp_pipeline.core.training.text import Encoded, encode_example, pad_id
 
 SEQ_LEN = 512  # LESS's max length for its gradient features is 2048; 512 tokens is the issue's setting
 LORA_R = 128  # LESS
@@ -116,7 +116,7 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[t
 def texts(n: int) -> tuple[list[tuple[str, str, str]], str]:
     """n (id, prompt, response) of real BBC articles, or seeded filler text where the package is missing."""
     try:
-        from gtp_pipeline.core.packaged import bbc_news
+        from gtp_pipeline.core.ingest.packaged import bbc_news
 
         rows = [r.fields for r in bbc_news(limit_per_task=n)]
         rows = [rows[i] for i in range(len(rows)) if len(rows[i]["response"]) > 2 * SEQ_LEN][:n]
@@ -155,7 +155,7 @@ def matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 
 def kernel_sweep(n_params: int, rows: int, dim: int, device: torch.device, peak: float, configs) -> list[dict]:
     """Each tile configuration on one slab of this shape's R (or all of R when smaller): TFLOP/s of the product."""
-    from gtp_pipeline.core.projection_triton import SLAB_BITS, KernelConfig, TritonProjector
+    from gtp_pipeline.core.features.projection_triton import SLAB_BITS, KernelConfig, TritonProjector
 
     p = min(n_params, SLAB_BITS // dim)
     G = torch.randn(rows, p, device=device, dtype=torch.bfloat16)
@@ -179,7 +179,7 @@ def kernel_sweep(n_params: int, rows: int, dim: int, device: torch.device, peak:
 def gradient_sweep(ours: FeatureComputer, encoded: list[Encoded], batches, device: torch.device) -> list[dict]:
     """Gradients alone (one forward/backward into buffer rows, Adam direction included) at several batch sizes:
     examples/s and peak memory each, the best of 3 batches after a warm-up one."""
-    from gtp_pipeline.core.text import collate
+    from gtp_pipeline.core.training.text import collate
 
     timer, out = Timer(device), []
     transform = ours._adam if ours.moments is not None else None
@@ -208,7 +208,7 @@ def profile_batch(ours: FeatureComputer, encoded: list[Encoded], device: torch.d
     """torch.profiler over one batch's gradients: where the time goes, and whether the GPU waits for the CPU."""
     from torch.profiler import ProfilerActivity, profile
 
-    from gtp_pipeline.core.text import collate
+    from gtp_pipeline.core.training.text import collate
 
     b = ours.config.batch_size
     batch = collate(encoded[:b], ours.pad)
@@ -281,7 +281,7 @@ def run_shape(args) -> dict:
         if kernel == "best" and sweep:
             kernel = max((r for r in sweep if "tflops" in r), key=lambda r: r["tflops"])["kernel"]
         if cuda and kernel not in ("", "best"):
-            from gtp_pipeline.core.projection_triton import KernelConfig, TritonProjector
+            from gtp_pipeline.core.features.projection_triton import KernelConfig, TritonProjector
 
             ours.projector = TritonProjector(n_lora, proj_cfg, KernelConfig.parse(kernel))
         kernel_used = str(getattr(ours.projector, "kernel", type(ours.projector).__name__))

@@ -1,4 +1,4 @@
-"""Benchmark the gradient-feature path (core/featurize.py) against a LESS-style loop, on one model, one machine.
+"""Benchmark the gradient-feature path (core/features/featurize.py) against a LESS-style loop, on one model, one machine.
 
 Same model, same real text (BBC News articles in SmolLM2's chat format, truncated to exactly SEQ_LEN tokens),
 same warm-up checkpoint (a few real AdamW steps, so the Adam moments are real), same projection matrix:
@@ -46,12 +46,12 @@ import torch  # noqa: E402
 from gradient_shapes import SHAPES, run_shape  # noqa: E402
 from less_loop import LessLoop  # noqa: E402
 
-from gtp_pipeline.core import models  # noqa: E402
-from gtp_pipeline.core.featurize import FeatureComputer, FeatureConfig  # noqa: E402
-from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora  # noqa: E402
-from gtp_pipeline.core.packaged import bbc_news  # noqa: E402
-from gtp_pipeline.core.projection import DenseProjector, ProjectionConfig  # noqa: E402
-from gtp_pipeline.core.text import Encoded, encode_example, pad_id  # noqa: E402
+from gtp_pipeline.core.features.featurize import FeatureComputer, FeatureConfig  # noqa: E402
+from gtp_pipeline.core.features.projection import DenseProjector, ProjectionConfig  # noqa: E402
+from gtp_pipeline.core.ingest.packaged import bbc_news  # noqa: E402
+from gtp_pipeline.core.training import models  # noqa: E402
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora  # noqa: E402
+from gtp_pipeline.core.training.text import Encoded, encode_example, pad_id  # noqa: E402
 
 # --- defaults (full mode); --quick overrides below ---
 MODEL = "demo"  # demo: SmolLM2-135M-Instruct (cached GGUF conversion); tiny: random tiny Llama

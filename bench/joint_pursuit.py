@@ -1,7 +1,7 @@
 """Benchmark joint GTP (several targets, one support) against simultaneous NN-OMP re-fitted from scratch.
 
 One run, one synthetic pool in memory (DenseTrajectories; the streaming view has the same interface), J targets:
-  joint_gtp       gtp_pipeline.core.joint_pursuit.joint_gtp (pool per pass, warm-started per-target NNLS)
+  joint_gtp       gtp_pipeline.core.selection.joint_pursuit.joint_gtp (pool per pass, warm-started per-target NNLS)
   somp_scratch    the textbook form it replaces: one atom per pass scored by sum_j max(0, <a, r_j>)^2, then every
                   target re-fitted from scratch with scipy's NNLS; atoms no target uses leave the support
   gtp_mean        single-target GTP on the mean of the targets (the pipeline's default form), for the fitted count
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from scipy.optimize import nnls as scipy_nnls
 
-from gtp_pipeline.core.joint_pursuit import joint_gtp
-from gtp_pipeline.core.pursuit import PursuitConfig, fill_rows, gtp
-from gtp_pipeline.core.trajectory import DenseTrajectories
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
+from gtp_pipeline.core.selection.joint_pursuit import joint_gtp
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, fill_rows, gtp
 
 N, D, J, K = 20_000, 512, 8, 200
 QUICK = dict(N=5_000, D=256, K=100)

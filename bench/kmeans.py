@@ -2,7 +2,7 @@
 
 One run, same synthetic clustered unit-norm data (N x d, hierarchical topics -> subtopics -> rows, Zipf
 sizes), same init centroids (K distinct random rows), same number of iterations for every method:
-  ours bf16 / ours fp32    gtp_pipeline.core.kmeans.spherical_kmeans (identical labels by construction)
+  ours bf16 / ours fp32    gtp_pipeline.core.clusterclip.kmeans.spherical_kmeans (identical labels by construction)
   faiss                    faiss.Kmeans(spherical=True), IndexFlatL2 assignment
   sklearn                  KMeans(algorithm="lloyd", n_init=1, init=<the same centroids>, tol=0)
 s/iter = whole fit wall time / E-steps it ran (ours and sklearn: iters + 1, faiss: iters), best of
@@ -29,8 +29,8 @@ import time
 import numpy as np
 import torch
 
-from gtp_pipeline.core.kmeans import KMeansConfig, spherical_kmeans
-from gtp_pipeline.core.sampler import SamplerConfig, plan_samples, reference_plan
+from gtp_pipeline.core.clusterclip.kmeans import KMeansConfig, spherical_kmeans
+from gtp_pipeline.core.clusterclip.sampler import SamplerConfig, plan_samples, reference_plan
 
 # --- defaults (full mode); --quick overrides below ---
 N = 100_000  # rows

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gtp_pipeline.core.lora_train import load_lora_model, load_moments
-from gtp_pipeline.core.per_example_grads import LoopGrads, adam_direction, prepare_model
-from gtp_pipeline.core.projection import DenseProjector
-from gtp_pipeline.core.text import Encoded, collate
+from gtp_pipeline.core.features.per_example_grads import LoopGrads, adam_direction, prepare_model
+from gtp_pipeline.core.features.projection import DenseProjector
+from gtp_pipeline.core.training.lora_train import load_lora_model, load_moments
+from gtp_pipeline.core.training.text import Encoded, collate
 
 PROJECT_INTERVAL = 16  # LESS projects its loop's gradients 16 at a time
 

@@ -1,7 +1,7 @@
 """Benchmark GTP against GradMatch's OMP, the Cholesky OMP and LESS top-k, all on one synthetic feature store.
 
 One run, one store in a temp dir (T checkpoints x d dims, fp16, chunked like the real gradient stores), one target:
-  gtp             gtp_pipeline.core.pursuit.gtp (pool identification per pass + NN-OMP inside the pool + swap)
+  gtp             gtp_pipeline.core.selection.pursuit.gtp (pool identification per pass + NN-OMP inside the pool + swap)
   cholesky_omp    one atom per pass, incremental Cholesky NNLS (the quality reference)
   gradmatch_omp   docs/ALGORITHMS.md §2.3 exactly (one atom per pass, LS from scratch, drop negatives, random fill)
   less_topk       LESS's independent top-k (one pass)
@@ -36,10 +36,10 @@ import time
 import numpy as np
 import torch
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
-from gtp_pipeline.core.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
-from gtp_pipeline.core.selection_baselines import evaluate_selection, less_topk
-from gtp_pipeline.core.trajectory import StoreTrajectories, build_target
+from gtp_pipeline.core.features.trajectory import StoreTrajectories, build_target
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
+from gtp_pipeline.core.selection.selection_baselines import evaluate_selection, less_topk
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
 
 # --- defaults (full mode); --quick overrides below ---
 N = 100_000  # pool rows

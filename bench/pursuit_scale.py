@@ -41,8 +41,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
-from gtp_pipeline.core.trajectory import StoreTrajectories
+from gtp_pipeline.core.features.trajectory import StoreTrajectories
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
 
 # --- defaults (full mode: LESS's sizes); --quick overrides N ---
 N = 270_000  # candidate rows (LESS: the 270k-example instruction pool)
@@ -329,7 +329,7 @@ def measure(args: argparse.Namespace, root: str) -> dict:
 
 def run_gtp(view: StoreTrajectories, b: np.ndarray, k: int, cold_paths: list[str] | None, device: str) -> dict:
     """One gtp run to k on the store (passes through the page cache as it is; cold: evicted before the start)."""
-    from gtp_pipeline.core.pursuit import PursuitConfig, gtp  # needs scipy; only here
+    from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp  # needs scipy; only here
 
     if cold_paths is not None:
         evict(cold_paths)

@@ -18,7 +18,7 @@ projection, `FeaturizeReport`), medians over the 1-worker run's shards, plus `fe
 (the task thread's CPU time in featurize, its setup included, per example: other processes on a shared machine
 do not inflate it). `stores_equal`: the 2-worker store is byte for byte the
 1-worker store (every file). The first shard a worker process runs also pays that process's one-off costs
-(the projection blocks it generates and then caches, core/projection.py; first-call kernel and heap setup):
+(the projection blocks it generates and then caches, core/features/projection.py; first-call kernel and heap setup):
 `worker_first_task_extra_s` (per worker, its first task's compute minus examples x per_example_s). The 2-worker
 run pays them twice, so they lower its efficiency on a small pool.
 
@@ -31,7 +31,7 @@ ceil(tasks / N) shard tasks one after another:
     cost(N) = N * wall(N) / 3600 * price_per_gpu_hour
   sec_per_example  = 48 * 3600 / (270,000 * 4) = 0.16 s per example-checkpoint on one GPU: LESS's published
                      figure, on their GPUs, with their per-example loop (bench/gradients.py compares ours with
-                     that loop). It assumes our path is at least as fast on a GPU. Caveat: core/projection.py
+                     that loop). It assumes our path is at least as fast on a GPU. Caveat: core/features/projection.py
                      generates the projection matrix on the CPU (~2-3 ns per entry) and caches 2 GiB of it; at
                      LESS's size (P = 32 layers x 4 modules x 128 x (4096 + 4096) = 134M LoRA parameters, d = 8192:
                      1.1e12 entries) it would be regenerated for every chunk, ~45 min per call, i.e. ~2.7 s per
@@ -70,12 +70,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from gtp_pipeline.core import models  # noqa: E402
-from gtp_pipeline.core.featurize import FeatureConfig  # noqa: E402
-from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora  # noqa: E402
-from gtp_pipeline.core.packaged import bbc_news, natural_instructions  # noqa: E402
-from gtp_pipeline.core.profiles import DEMO, TINY  # noqa: E402
-from gtp_pipeline.core.projection import ProjectionConfig  # noqa: E402
+from gtp_pipeline.core.config.profiles import DEMO, TINY  # noqa: E402
+from gtp_pipeline.core.features.featurize import FeatureConfig  # noqa: E402
+from gtp_pipeline.core.features.projection import ProjectionConfig  # noqa: E402
+from gtp_pipeline.core.ingest.packaged import bbc_news, natural_instructions  # noqa: E402
+from gtp_pipeline.core.training import models  # noqa: E402
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora  # noqa: E402
 
 # --- defaults (full mode); --quick overrides below ---
 MODEL = "demo"  # demo: SmolLM2-135M-Instruct (cached GGUF conversion); tiny: random tiny Llama
@@ -141,16 +141,16 @@ def configs(model_name: str, chunk_rows: int) -> tuple[LoraTrainConfig, FeatureC
 
 def warm_worker() -> int:
     """Import what a task needs (a long-lived worker has done so before its first step); returns the pid."""
-    import gtp_pipeline.core.featurize  # noqa: F401
-    import gtp_pipeline.core.models  # noqa: F401
+    import gtp_pipeline.core.features.featurize  # noqa: F401
+    import gtp_pipeline.core.training.models  # noqa: F401
 
     return os.getpid()
 
 
 def shard_task(shard: int, job: dict) -> dict:
     """One gradient shard, as a worker runs it in production: load model + checkpoint + pool, featurize its chunks."""
-    from gtp_pipeline.core.featurize import featurize
-    from gtp_pipeline.core.lora_train import read_checkpoint
+    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.training.lora_train import read_checkpoint
 
     started, t0, c0 = time.time(), time.perf_counter(), time.thread_time()
     torch.set_num_threads(1)

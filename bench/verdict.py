@@ -1,4 +1,4 @@
-"""Benchmark the report's paired bootstrap (core/verdict.py) against scipy.stats.bootstrap on the same data.
+"""Benchmark the report's paired bootstrap (core/evaluation/verdict.py) against scipy.stats.bootstrap on the same data.
 
 scipy's bootstrap resamples one axis, so the comparison is on one seed (test examples only): the same number of
 resamples, the same percentile interval; both are timed (best of 5, interleaved) and their intervals compared.
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from gtp_pipeline.core.verdict import paired_bootstrap
+from gtp_pipeline.core.evaluation.verdict import paired_bootstrap
 
 N_EXAMPLES, N_SEEDS, N_RESAMPLES = 1_000, 3, 2_000
 COMPARISONS = 8 * 3 * 2

@@ -51,7 +51,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     description="Evaluates every asset's automation condition (ON_INPUT_DATA_CHANGE).",
 )
 
-# A user checkpoint folder must hold what the gradient features need (core/lora_train.py's format).
+# A user checkpoint folder must hold what the gradient features need (core/training/lora_train.py's format).
 CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "trainer_state.json")
 
 

@@ -8,8 +8,8 @@ import warnings
 
 import dagster as dg
 
-from gtp_pipeline.core import settings as env
-from gtp_pipeline.core.profiles import SELECTION_METHODS
+from gtp_pipeline.core.config import settings as env
+from gtp_pipeline.core.config.profiles import SELECTION_METHODS
 from gtp_pipeline.partitions import finetune_partitions, model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -37,8 +37,8 @@ def raw_corpus_ids_unique(raw_corpus) -> dg.AssetCheckResult:
     "lists): under policy 'exclude' one would be an error; under 'flag' the kept ones are reported as a warning.",
 )
 def raw_corpus_contamination(raw_corpus, target_examples, profile: ProfileResource) -> dg.AssetCheckResult:
-    from gtp_pipeline.core.corpus import prompt_key
-    from gtp_pipeline.core.targets import contamination_keys
+    from gtp_pipeline.core.ingest.corpus import prompt_key
+    from gtp_pipeline.core.ingest.targets import contamination_keys
 
     settings = profile.settings()
     keys = contamination_keys(target_examples["prompt"], settings.contamination_targets)
@@ -90,7 +90,7 @@ def target_splits_disjoint(target_examples) -> dg.AssetCheckResult:
 
 def _selection_check(asset: str):
     def check_fn(table, raw_corpus) -> dg.AssetCheckResult:
-        from gtp_pipeline.core.profiles import budget_count
+        from gtp_pipeline.core.config.profiles import budget_count
 
         problems = []
         for (budget,), group in table.group_by(["budget"]):
@@ -135,7 +135,7 @@ def _store_check(asset: str):
         import numpy as np
 
         from gtp_pipeline.assets.locations import gradient_store_path
-        from gtp_pipeline.core.feature_store import FeatureStore
+        from gtp_pipeline.core.storage.feature_store import FeatureStore
 
         problems = []
         for key in context.partition_keys:  # one, or a range in a single-run backfill
@@ -186,7 +186,7 @@ target_stores_sound = _store_check("target_gradients")
 def adapter_sound(context, store: ArtifactStore) -> dg.AssetCheckResult:
     from pathlib import Path
 
-    from gtp_pipeline.core.lora_train import checkpoint_problem
+    from gtp_pipeline.core.training.lora_train import checkpoint_problem
 
     problems = []
     for key in context.partition_keys:
@@ -210,7 +210,7 @@ def adapter_sound(context, store: ArtifactStore) -> dg.AssetCheckResult:
 def evaluation_complete(context, evaluation) -> dg.AssetCheckResult:
     import math
 
-    from gtp_pipeline.core.run_key import RunKey
+    from gtp_pipeline.core.config.run_key import RunKey
 
     trained = {RunKey.parse(k) for k in context.instance.get_materialized_partitions(dg.AssetKey("finetuned_model"))}
     scored = {(r["run"], r["seed"]) for r in evaluation.iter_rows(named=True)}
@@ -266,7 +266,7 @@ def embeddings_sound(raw_corpus, store: ArtifactStore) -> dg.AssetCheckResult:
     import numpy as np
 
     from gtp_pipeline.assets.locations import corpus_version, embeddings_path
-    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     path = embeddings_path(store, corpus_version(raw_corpus))
     if not (path / "zarr.json").exists():

@@ -19,7 +19,7 @@ from gtp_pipeline.assets import (
     selection,
     training,
 )
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 from gtp_pipeline.executors import executor_for_env
 from gtp_pipeline.resources import resources_for_profile
 

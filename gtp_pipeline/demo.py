@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := refresh - set(defs.resolve_asset_graph().get_all_asset_keys()):
         raise SystemExit(f"--refresh: no asset named {sorted(k.to_user_string() for k in unknown)}")
 
-    from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.run_config import profile_yaml
+    from gtp_pipeline.core.config.run_config import profile_yaml
+    from gtp_pipeline.core.storage.atomic import write_bytes
 
     resource = defs.resources["profile"]
     profile, store_root = resource.name, defs.resources["store"].root

@@ -41,7 +41,7 @@ from typing import Any
 
 import dagster as dg
 
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 from gtp_pipeline.gpu_workers import STEP_RESOURCES, parse_devices, usable_requirements, visible_devices
 
 logger = logging.getLogger(__name__)

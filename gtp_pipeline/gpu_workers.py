@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ def write_instance_yaml(home: Path, template: Path = TEMPLATE) -> Path:
 def instance_home(profile: str | None = None, artifact_root: str | None = None) -> Path:
     """`.dagster/<profile>` (plus a hash of a non-default artifact root), with its dagster.yaml written. Without a
     profile: the run's name, which the configuration file (GTP_CONFIG) gives when there is one, as the demo's."""
-    from gtp_pipeline.core import settings as env
-    from gtp_pipeline.core.run_config import load_run_config
+    from gtp_pipeline.core.config import settings as env
+    from gtp_pipeline.core.config.run_config import load_run_config
     from gtp_pipeline.resources import default_artifact_root
 
     if profile is None:

@@ -11,7 +11,7 @@ up to date, since the pool is decontaminated against every target of the profile
 
   select   every target's selections, fine-tunes and scores (the full-pool fine-tune left out)
   full     the full-pool fine-tune, trained once in variant_study/shared/, scored on every target
-  report   variant_study/multi_target.md and its forest plot (core/multi_target.py)
+  report   variant_study/multi_target.md and its forest plot (core/evaluation/multi_target.py)
 
 `--stage all` (the default) runs the three in order. Point it at your own data with GTP_PROFILE=full,
 GTP_CORPUS_FILES and `--targets` naming packaged tasks (gsm8k, BIG-bench task paths such as strategyqa). There the
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 
 DEFAULT_PROFILE = "multitarget"
 DEFAULT_METHODS = "gtp,gtp+per_example,topk,random"
@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def profile_targets(profile_name: str) -> list[str]:
     """The targets the configuration file (GTP_CONFIG) or the named profile lists in contamination_targets."""
-    from gtp_pipeline.core.profiles import PROFILES
-    from gtp_pipeline.core.run_config import load_run_config
+    from gtp_pipeline.core.config.profiles import PROFILES
+    from gtp_pipeline.core.config.run_config import load_run_config
 
     config = env.get("GTP_CONFIG")
     profile = load_run_config(config) if config else PROFILES.get(profile_name)
@@ -79,8 +79,8 @@ def write_report(root: Path, targets: list[str], command: str) -> Path:
     """variant_study/multi_target.md from every target whose study has written its tables."""
     import polars as pl
 
-    from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.multi_target import multi_target_markdown
+    from gtp_pipeline.core.evaluation.multi_target import multi_target_markdown
+    from gtp_pipeline.core.storage.atomic import write_bytes
     from gtp_pipeline.variant_study import study_folder_name
 
     selections, per_example = {}, {}

@@ -6,7 +6,7 @@ import re
 
 import dagster as dg
 
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 
 # One partition per warm-up (or user) checkpoint; keys are registered by the asset that writes them
 # and by the checkpoint sensor.
@@ -22,8 +22,8 @@ checkpoint_shard = dg.MultiPartitionsDefinition({"checkpoint": model_checkpoint,
 def _profile_for_partitions():
     """The configuration file GTP_CONFIG names, else the profile GTP_PROFILE names, without the user-file checks
     (partitions only need its budgets and seeds)."""
-    from gtp_pipeline.core.profiles import DEFAULT_PROFILE, PROFILES
-    from gtp_pipeline.core.run_config import load_run_config
+    from gtp_pipeline.core.config.profiles import DEFAULT_PROFILE, PROFILES
+    from gtp_pipeline.core.config.run_config import load_run_config
 
     if config := env.get("GTP_CONFIG"):
         return load_run_config(config)
@@ -31,7 +31,7 @@ def _profile_for_partitions():
 
 
 def _finetune_partitions() -> dg.MultiPartitionsDefinition:
-    from gtp_pipeline.core.profiles import finetune_runs
+    from gtp_pipeline.core.config.profiles import finetune_runs
 
     profile = _profile_for_partitions()
     return dg.MultiPartitionsDefinition(

@@ -4,10 +4,10 @@
 
 Reads what the pipeline materialized for the profile (the corpus, the target's dev and test splits, the gradient
 stores of every checkpoint: run `make demo`, or the pipeline on your own data, first), selects with every method
-(`core/variant_study.py` explains the specs), fine-tunes each selection with every seed using the profile's recipe,
+(`core/evaluation/variant_study.py` explains the specs), fine-tunes each selection with every seed using the profile's recipe,
 scores every test example, and writes under `<artifact root>/variant_study/<target>/`: selections.parquet (what each
 method picked, fitted vs fill, near-duplicates, sources), per_example.parquet, and study.md with the verdict
-(core/verdict.py) and its forest plot. Interrupted, it resumes: finished runs are read back, a half-trained one
+(core/evaluation/verdict.py) and its forest plot. Interrupted, it resumes: finished runs are read back, a half-trained one
 continues from its last checkpoint. The base model and the full-pool fine-tunes depend only on the pool, so they
 live in `variant_study/shared/` and studies of several targets on one pool (gtp_pipeline/multi_target.py) train
 them once. The pipeline's own assets are not touched.
@@ -63,11 +63,11 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.assets.evaluation import eval_inputs
     from gtp_pipeline.assets.gradients import lora_config
     from gtp_pipeline.assets.selection import open_trajectories
-    from gtp_pipeline.core.atomic import write_bytes, write_parquet
-    from gtp_pipeline.core.evaluate import evaluate
-    from gtp_pipeline.core.lora_train import load_lora_model, train_lora
-    from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.variant_study import parse_method, run_study, scores_key, study_markdown
+    from gtp_pipeline.core.config.profiles import budget_count, budget_label
+    from gtp_pipeline.core.evaluation.evaluate import evaluate
+    from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, scores_key, study_markdown
+    from gtp_pipeline.core.storage.atomic import write_bytes, write_parquet
+    from gtp_pipeline.core.training.lora_train import load_lora_model, train_lora
 
     methods = [parse_method(m) for m in args.methods.split(",") if m.strip()]
     profile, store = defs.resources["profile"], defs.resources["store"]

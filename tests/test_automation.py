@@ -18,8 +18,8 @@ USER_KEYS = ["run-a", "run-b", "run-c"]
 @pytest.fixture(scope="module")
 def user_checkpoints(tmp_path_factory):
     """A user's own training run: three real LoRA checkpoints of the tiny model, in a watched folder."""
-    from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
-    from gtp_pipeline.core.models import tiny_model
+    from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora
+    from gtp_pipeline.core.training.models import tiny_model
 
     root = tmp_path_factory.mktemp("user_run")
     loaded = tiny_model()

@@ -83,7 +83,7 @@ def test_layers_import_only_downward():
     }
     found = []
     for layer, names in forbidden.items():
-        for path in (package / layer).glob("*.py"):
+        for path in (package / layer).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 modules += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
@@ -94,8 +94,8 @@ def test_layers_import_only_downward():
 def test_a_method_registered_in_core_and_named_once_becomes_an_asset_a_check_partitions_and_a_report_input():
     code = """
 import numpy as np
-from gtp_pipeline.core import profiles
-from gtp_pipeline.core.selection_methods import register, random_k
+from gtp_pipeline.core.config import profiles
+from gtp_pipeline.core.selection.selection_methods import register, random_k
 
 @register("toy")
 def toy(view, target, per_example, config, variant):

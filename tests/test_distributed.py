@@ -129,8 +129,8 @@ def extra_examples(path: Path, n: int = 640) -> Path:
 def user_run(tmp_path_factory):
     """A real LoRA checkpoint of the tiny model in a watched folder, and the tiny corpus (plus the user's file)."""
     from gtp_pipeline.assets import corpus
-    from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
-    from gtp_pipeline.core.models import tiny_model
+    from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora
+    from gtp_pipeline.core.training.models import tiny_model
     from gtp_pipeline.resources import resources_for_profile
     from gtp_pipeline.resources.profile import ProfileResource
 
@@ -170,7 +170,7 @@ def in_process_store(user_run, tmp_path_factory):
 
 
 def shard_chunks(store: Path, shard: int) -> list[int]:
-    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     return [c for c in range(FeatureStore.open(store).n_chunks) if c % len(SHARDS) == shard]
 
@@ -337,7 +337,7 @@ def test_killed_worker_mid_shard_resumes_without_recomputing_finished_chunks(
 
 
 def write_stores(root: Path, blocks, chunk_rows: int, valid: np.ndarray) -> list[str]:
-    from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta
+    from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
 
     n = blocks[0].shape[0]
     ids = [f"ex{i:05d}" for i in range(n)]
@@ -353,9 +353,9 @@ def write_stores(root: Path, blocks, chunk_rows: int, valid: np.ndarray) -> list
 
 
 def test_dask_pursuit_scores_bit_identical_and_selects_the_same_subset(cluster, tmp_path):
-    from gtp_pipeline.core.dask_trajectories import DaskTrajectories
-    from gtp_pipeline.core.pursuit import PursuitConfig, gtp
-    from gtp_pipeline.core.trajectory import StoreTrajectories
+    from gtp_pipeline.core.features.dask_trajectories import DaskTrajectories
+    from gtp_pipeline.core.features.trajectory import StoreTrajectories
+    from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 
     _, client = cluster
     rng = np.random.default_rng(7)

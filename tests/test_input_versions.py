@@ -8,8 +8,8 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from gtp_pipeline.core import profiles
-from gtp_pipeline.core.input_versions import RECIPES, file_digest, pool_input_version, recipe_version
+from gtp_pipeline.core.config import profiles
+from gtp_pipeline.core.config.input_versions import RECIPES, file_digest, pool_input_version, recipe_version
 from gtp_pipeline.demo import needs_run, run_demo, with_upstream
 
 

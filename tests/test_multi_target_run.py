@@ -40,8 +40,8 @@ def test_two_targets_share_the_pool_and_get_one_report(tmp_path):
         log = done.stdout
         assert log.count("materialized warmup_checkpoints") == 1 and "up to date  warmup_checkpoints" in log
         assert log.count("materialized target_examples") == 4  # target_input sees each switch
-        from gtp_pipeline.core.profiles import TINY
-        from gtp_pipeline.core.run_config import load_run_config
+        from gtp_pipeline.core.config.profiles import TINY
+        from gtp_pipeline.core.config.run_config import load_run_config
 
         assert load_run_config(root / "run_config.yaml").gradients == TINY.gradients  # what the run used, resolved
         study = root / "variant_study"

@@ -44,7 +44,7 @@ def embeddings(
     embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     """Unit-norm sentence embeddings of every pool example (Zarr, fp16, row order = raw_corpus order), resumable."""
-    from gtp_pipeline.core.embed import embed_into_store, example_text
+    from gtp_pipeline.core.clusterclip.embed import embed_into_store, example_text
 
     version = corpus_version(raw_corpus)
     path = embeddings_path(store, version)
@@ -97,9 +97,9 @@ def clusters(
     import polars as pl
     import zarr
 
-    from gtp_pipeline.core.feature_store import FeatureStore
-    from gtp_pipeline.core.kmeans import KMeansConfig, spherical_kmeans
-    from gtp_pipeline.core.plots import histogram_png, lines_png
+    from gtp_pipeline.core.clusterclip.kmeans import KMeansConfig, spherical_kmeans
+    from gtp_pipeline.core.evaluation.plots import histogram_png, lines_png
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     settings = profile.settings().clusters
     version = corpus_version(raw_corpus)
@@ -186,9 +186,9 @@ def clusterclip_plan(context: dg.AssetExecutionContext, clusters, profile: Profi
     import numpy as np
     import polars as pl
 
-    from gtp_pipeline.core.plots import bar_png, histogram_png
-    from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.sampler import SamplerConfig, plan_samples
+    from gtp_pipeline.core.clusterclip.sampler import SamplerConfig, plan_samples
+    from gtp_pipeline.core.config.profiles import budget_count, budget_label
+    from gtp_pipeline.core.evaluation.plots import bar_png, histogram_png
 
     settings = profile.settings()
     R = config.R or settings.clusters.R

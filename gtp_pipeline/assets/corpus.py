@@ -31,9 +31,9 @@ CORPUS_CODE_VERSION = "1"
 )
 def target(context: dg.AssetExecutionContext, profile: ProfileResource):
     """Read the target task, check each row, split dev/test; every row read lands in exactly one of the two."""
-    from gtp_pipeline.core.corpus import REJECT_COLUMNS, table_version
-    from gtp_pipeline.core.records import RejectReason
-    from gtp_pipeline.core.targets import load_target, refusal_log_lines, target_frame, target_rejects_frame
+    from gtp_pipeline.core.ingest.corpus import REJECT_COLUMNS, table_version
+    from gtp_pipeline.core.ingest.records import RejectReason
+    from gtp_pipeline.core.ingest.targets import load_target, refusal_log_lines, target_frame, target_rejects_frame
 
     with fail_fast():  # a missing file or an impossible split is a setting to fix: no retry
         spec = profile.settings().target
@@ -90,12 +90,12 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
 )
 def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: ArtifactStore, target_examples):
     """Read every pool source, validate, de-duplicate, drop target contamination, and id each example."""
-    from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.corpus import REJECT_COLUMNS, build_corpus, table_version
-    from gtp_pipeline.core.plots import histogram_png
-    from gtp_pipeline.core.pool import read_pool
-    from gtp_pipeline.core.records import Reject, RejectReason, summarize_rejects
-    from gtp_pipeline.core.targets import contamination_keys
+    from gtp_pipeline.core.evaluation.plots import histogram_png
+    from gtp_pipeline.core.ingest.corpus import REJECT_COLUMNS, build_corpus, table_version
+    from gtp_pipeline.core.ingest.pool import read_pool
+    from gtp_pipeline.core.ingest.records import Reject, RejectReason, summarize_rejects
+    from gtp_pipeline.core.ingest.targets import contamination_keys
+    from gtp_pipeline.core.storage.atomic import write_bytes
 
     with fail_fast():  # a missing corpus file is a setting to fix: no retry
         settings = profile.settings()

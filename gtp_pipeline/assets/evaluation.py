@@ -8,7 +8,7 @@ from gtp_pipeline.assets.locations import target_version
 from gtp_pipeline.assets.metadata import md_image, md_inline_svg, metadata_table
 from gtp_pipeline.assets.selection import by_method, selection_inputs
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
-from gtp_pipeline.core.run_key import RunKey
+from gtp_pipeline.core.config.run_key import RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.models import ModelSource
@@ -23,7 +23,7 @@ ALL_FINETUNES = [dg.AssetDep("finetuned_model", partition_mapping=dg.AllPartitio
 
 def eval_inputs(target_examples, settings):
     """The target's test examples as EvalExamples, and the scoring settings every evaluation of them uses."""
-    from gtp_pipeline.core.evaluate import EvalConfig, EvalExample
+    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample
 
     test = target_examples.filter(target_examples["split"] == "test")
     if test.height == 0:
@@ -92,9 +92,9 @@ def evaluation(
 
     import polars as pl
 
-    from gtp_pipeline.core.atomic import write_bytes, write_parquet
-    from gtp_pipeline.core.evaluate import evaluate
-    from gtp_pipeline.core.lora_train import load_lora_model
+    from gtp_pipeline.core.evaluation.evaluate import evaluate
+    from gtp_pipeline.core.storage.atomic import write_bytes, write_parquet
+    from gtp_pipeline.core.training.lora_train import load_lora_model
 
     settings = profile.settings()
     device = compute.configure_torch()
@@ -203,7 +203,7 @@ def _read_per_example(store: ArtifactStore, evaluation):
     None when the evaluation was materialized before per-example results were kept. Rows of models not in the
     table are dropped, so the verdict is never about models the summary does not show.
     """
-    from gtp_pipeline.core.atomic import read_parquet
+    from gtp_pipeline.core.storage.atomic import read_parquet
 
     path = store.path_for("evaluation", PER_EXAMPLE_FILE)
     if not path.exists():
@@ -227,8 +227,8 @@ def selection_report(
     **selection_tables,
 ) -> dg.MaterializeResult:
     """Which data wins: method x budget -> loss and accuracy (mean, spread over seeds), paired verdicts, plots."""
-    from gtp_pipeline.core.atomic import write_bytes
-    from gtp_pipeline.core.report import build_report
+    from gtp_pipeline.core.evaluation.report import build_report
+    from gtp_pipeline.core.storage.atomic import write_bytes
 
     per_example = _read_per_example(store, evaluation)
     if per_example is None:

@@ -30,7 +30,7 @@ def lora_config(
     settings, epochs: int, n_layers: int | None = None, seed: int | None = None, save_every_steps: int = 0
 ):
     """The profile's LoRA recipe as core's LoraTrainConfig (one recipe for warm-up and fine-tuning)."""
-    from gtp_pipeline.core.lora_train import LoraTrainConfig
+    from gtp_pipeline.core.training.lora_train import LoraTrainConfig
 
     g = settings.gradients
     layers = tuple(range(n_layers - g.lora_layers, n_layers)) if g.lora_layers and n_layers else None
@@ -67,7 +67,7 @@ def warmup_checkpoints(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """LoRA warm-up checkpoints (adapter, Adam moments, LR weight), one per epoch; each becomes a model_checkpoint partition."""
-    from gtp_pipeline.core.lora_train import train_lora, warmup_subset
+    from gtp_pipeline.core.training.lora_train import train_lora, warmup_subset
 
     settings = profile.settings()
     device = compute.configure_torch()
@@ -127,8 +127,8 @@ def warmup_checkpoints(
 
 def feature_config(profile: ProfileResource, kind: str):
     """The profile's gradient-feature settings as core's FeatureConfig ("adam" candidates, "sgd" targets)."""
-    from gtp_pipeline.core.featurize import FeatureConfig
-    from gtp_pipeline.core.projection import ProjectionConfig
+    from gtp_pipeline.core.features.featurize import FeatureConfig
+    from gtp_pipeline.core.features.projection import ProjectionConfig
 
     g = profile.settings().gradients
     return FeatureConfig(
@@ -162,7 +162,7 @@ def gradient_shards(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """One shard of a checkpoint's pool gradient features: store chunks c with c % shards == shard, in the shared store."""
-    from gtp_pipeline.core.featurize import featurize
+    from gtp_pipeline.core.features.featurize import featurize
 
     key = context.partition_key.keys_by_dimension
     checkpoint_key, shard = key["checkpoint"], int(key["shard"])
@@ -207,9 +207,9 @@ def _featurize_partitions(
     """Shared body of the two gradient assets: one store per checkpoint key in this run (single-run backfills)."""
     import polars as pl
 
-    from gtp_pipeline.core.atomic import write_parquet
-    from gtp_pipeline.core.feature_store import FeatureStore
-    from gtp_pipeline.core.featurize import featurize
+    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.storage.atomic import write_parquet
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     g = profile.settings().gradients
     device = compute.configure_torch()

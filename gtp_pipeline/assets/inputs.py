@@ -18,7 +18,7 @@ def _observed(described: dict) -> dg.ObserveResult:
     """The version of what was read, and what it is, as metadata the UI shows (settings values, file digests)."""
     import json
 
-    from gtp_pipeline.core.input_versions import input_version
+    from gtp_pipeline.core.config.input_versions import input_version
 
     metadata = {
         key: value
@@ -33,7 +33,7 @@ def _observed(described: dict) -> dg.ObserveResult:
     group_name=GROUP, tags=FILE_KIND, description="The target task: its spec and its files' content."
 )
 def target_input(profile: ProfileResource) -> dg.ObserveResult:
-    from gtp_pipeline.core import input_versions
+    from gtp_pipeline.core.config import input_versions
 
     return _observed(input_versions.target_input(profile.settings()))
 
@@ -44,7 +44,7 @@ def target_input(profile: ProfileResource) -> dg.ObserveResult:
     description="The pool: its sources, the corpus rules, the targets it is decontaminated against, its files' content.",
 )
 def pool_input(profile: ProfileResource) -> dg.ObserveResult:
-    from gtp_pipeline.core import input_versions
+    from gtp_pipeline.core.config import input_versions
 
     return _observed(input_versions.pool_input(profile.settings()))
 
@@ -54,7 +54,7 @@ def _recipe(name: str, shapes: str):
         name=name, group_name=GROUP, tags=SETTINGS_KIND, description=f"The settings that shape {shapes}."
     )
     def observe(profile: ProfileResource) -> dg.ObserveResult:
-        from gtp_pipeline.core.input_versions import recipe_settings
+        from gtp_pipeline.core.config.input_versions import recipe_settings
 
         return _observed(recipe_settings(profile.settings(), name))
 

@@ -11,15 +11,15 @@ from gtp_pipeline.resources.storage import ArtifactStore
 
 def corpus_version(raw_corpus) -> str:
     """The same content hash Dagster records as raw_corpus's data version."""
-    from gtp_pipeline.core.corpus import table_version
+    from gtp_pipeline.core.ingest.corpus import table_version
 
     return table_version(raw_corpus, ("example_id", "content_hash", "task", "contaminated"))
 
 
 def target_version(target_examples) -> str:
     """The same content hash Dagster records as target_examples's data version."""
-    from gtp_pipeline.core.corpus import table_version
-    from gtp_pipeline.core.targets import TARGET_COLUMNS
+    from gtp_pipeline.core.ingest.corpus import table_version
+    from gtp_pipeline.core.ingest.targets import TARGET_COLUMNS
 
     return table_version(target_examples, TARGET_COLUMNS[:-2])
 
@@ -27,7 +27,7 @@ def target_version(target_examples) -> str:
 def selection_version(table) -> str:
     """Content hash of a selection (or sampling plan) table: what was picked, not how long picking took, so a
     re-run selection with the same picks resumes its fine-tunes instead of starting them over."""
-    from gtp_pipeline.core.corpus import table_version
+    from gtp_pipeline.core.ingest.corpus import table_version
 
     return table_version(table, tuple(c for c in table.columns if c != "select_seconds"))
 
@@ -72,7 +72,7 @@ def _added_by_hand(key: str) -> str:
 
 def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: str = ""):
     """The checkpoint behind a model_checkpoint partition key: a warm-up epoch of this corpus, or a user folder."""
-    from gtp_pipeline.core.lora_train import list_checkpoints, read_checkpoint
+    from gtp_pipeline.core.training.lora_train import list_checkpoints, read_checkpoint
 
     if key.startswith(WARMUP_KEY_PREFIX):
         with store.local_folder(*warmup_parts(version)) as folder:  # pulled first when the root is remote

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-from gtp_pipeline.core.markdown import markdown_table
+from gtp_pipeline.core.evaluation.markdown import markdown_table
 
 
 def _cell(value: object) -> str | int | float | bool | None:

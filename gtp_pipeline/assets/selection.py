@@ -7,7 +7,7 @@ import dagster as dg
 from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, resolve_checkpoint, target_version
 from gtp_pipeline.assets.metadata import md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
-from gtp_pipeline.core.profiles import SELECTION_METHODS
+from gtp_pipeline.core.config.profiles import SELECTION_METHODS
 from gtp_pipeline.partitions import model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
@@ -24,11 +24,11 @@ class SelectionConfig(dg.Config):
 
     budgets: list[float] = []  # fractions of the pool (< 1) or counts (>= 1); [] = the profile's budgets
     target: str = "target"  # "target": the target task's dev gradients; "in_domain": the pool's mean trajectory
-    accept_ratio: float = 0.5  # GTP gamma (core/pursuit.py): lower = fewer passes, slightly higher residual
+    accept_ratio: float = 0.5  # GTP gamma (core/selection/pursuit.py): lower = fewer passes, slightly higher residual
     swap_rounds: int = 1  # GTP refinement passes after the support is full
     seed: int = 0  # random_selection only
     gtp_targets: str = "mean"  # GTP matches the "mean" target, or jointly: per_subtask / per_example / per_checkpoint
-    gtp_center: bool = False  # GTP on trajectories centered on the pool's mean (core/centered.py)
+    gtp_center: bool = False  # GTP on trajectories centered on the pool's mean (core/features/centered.py)
     gtp_fill: str = "residual"  # rank GTP's fill by the final "residual" (OMP) or the "target" (LESS's score)
     dask_scheduler: str = ""  # "tcp://host:8786": run the streaming passes as Dask tasks there (same selection)
 
@@ -38,8 +38,8 @@ def open_trajectories(instance, raw_corpus, target_examples, profile: ProfileRes
     example's own trajectory, and the checkpoint keys and gradient-store paths they were read from."""
     import numpy as np
 
-    from gtp_pipeline.core.feature_store import FeatureStore
-    from gtp_pipeline.core.trajectory import StoreTrajectories, build_target
+    from gtp_pipeline.core.features.trajectory import StoreTrajectories, build_target
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     keys = instance.get_dynamic_partitions(model_checkpoint.name)
     if not keys:
@@ -81,7 +81,7 @@ def _trajectories(
     )
     ids = np.asarray(view.stores[0].example_ids())
     if dask_scheduler:
-        from gtp_pipeline.core.dask_trajectories import DaskTrajectories
+        from gtp_pipeline.core.features.dask_trajectories import DaskTrajectories
 
         context.log.info(f"streaming passes as Dask tasks on {dask_scheduler}")
         view = DaskTrajectories(candidate_paths, lr, dask_scheduler)
@@ -133,13 +133,13 @@ def _select_all(context, method, view, targets, ids, provenance, raw_corpus, pro
     import numpy as np
     import polars as pl
 
-    from gtp_pipeline.core.gtp_variants import GTPVariant, describe_fill
-    from gtp_pipeline.core.plots import lines_png
-    from gtp_pipeline.core.profiles import budget_count, budget_label
-    from gtp_pipeline.core.pursuit import PursuitConfig
-    from gtp_pipeline.core.selection_baselines import evaluate_selection
-    from gtp_pipeline.core.selection_methods import in_domain_target, select
-    from gtp_pipeline.core.selection_stats import duplicate_stats
+    from gtp_pipeline.core.config.profiles import budget_count, budget_label
+    from gtp_pipeline.core.evaluation.plots import lines_png
+    from gtp_pipeline.core.selection.gtp_variants import GTPVariant, describe_fill
+    from gtp_pipeline.core.selection.pursuit import PursuitConfig
+    from gtp_pipeline.core.selection.selection_baselines import evaluate_selection
+    from gtp_pipeline.core.selection.selection_methods import in_domain_target, select
+    from gtp_pipeline.core.selection.selection_stats import duplicate_stats
 
     target, per_example = targets
     variant = GTPVariant(targets=config.gtp_targets, center=config.gtp_center)
@@ -282,7 +282,7 @@ def by_method(selections: dict) -> dict:
     return {name.removesuffix("_selection"): table for name, table in selections.items()}
 
 
-# one asset per method in core/profiles.SELECTION_METHODS
+# one asset per method in SELECTION_METHODS (core/config/profiles.py)
 selection_assets = [
     _selection_asset(m, DESCRIPTIONS.get(m, f"The {m!r} selection of the pool, per budget: example_id, weight, rank."))
     for m in SELECTION_METHODS

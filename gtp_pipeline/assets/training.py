@@ -9,7 +9,7 @@ from gtp_pipeline.assets.locations import combined_hash, corpus_version, selecti
 from gtp_pipeline.assets.metadata import md_image
 from gtp_pipeline.assets.selection import by_method, selection_inputs
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
-from gtp_pipeline.core.run_key import FULL, RunKey
+from gtp_pipeline.core.config.run_key import FULL, RunKey
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import finetune_partitions
 from gtp_pipeline.resources.compute import ComputeResource
@@ -76,8 +76,8 @@ def finetuned_model(
     **selection_tables,
 ) -> dg.MaterializeResult:
     """A LoRA adapter (safetensors) fine-tuned on one method's data at one budget, with the selection's identity."""
-    from gtp_pipeline.core.lora_train import train_lora
-    from gtp_pipeline.core.plots import lines_png
+    from gtp_pipeline.core.evaluation.plots import lines_png
+    from gtp_pipeline.core.training.lora_train import train_lora
 
     keys = context.partition_key.keys_by_dimension
     run, seed = keys["run"], int(keys["seed"])

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from gtp_pipeline.core import settings as env
-from gtp_pipeline.core.fetch import model_cache_dir
-from gtp_pipeline.core.profiles import PROFILES, Profile, split_paths
-from gtp_pipeline.core.run_config import CONFIG_ENV, load_run_config
+from gtp_pipeline.core.config import settings as env
+from gtp_pipeline.core.config.profiles import PROFILES, Profile, split_paths
+from gtp_pipeline.core.config.run_config import CONFIG_ENV, load_run_config
+from gtp_pipeline.core.ingest.fetch import model_cache_dir
 from gtp_pipeline.resources.compute import ComputeResource
 from gtp_pipeline.resources.embedder import EmbedderResource
 from gtp_pipeline.resources.io_managers import ParquetIOManager

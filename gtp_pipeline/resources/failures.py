@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from gtp_pipeline.core.config_errors import ConfigurationError
+from gtp_pipeline.core.config.config_errors import ConfigurationError
 
 
 @contextmanager

@@ -21,7 +21,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return self.store.path_for(*key.path, f"{partition or 'data'}.parquet")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        from gtp_pipeline.core.atomic import write_parquet
+        from gtp_pipeline.core.storage.atomic import write_parquet
 
         partition = context.partition_key if context.has_partition_key else None
         path = write_parquet(obj, self._path(context.asset_key, partition))
@@ -34,7 +34,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext):
-        from gtp_pipeline.core.atomic import read_parquet
+        from gtp_pipeline.core.storage.atomic import read_parquet
 
         key = context.upstream_output.asset_key if context.upstream_output else context.asset_key
         partition = context.asset_partition_key if context.has_asset_partitions else None

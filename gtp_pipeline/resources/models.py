@@ -21,7 +21,7 @@ class ModelSource(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def load(self) -> Any:
-        """A `core.models.LoadedModel` (model, tokenizer, model_id)."""
+        """A `core.training.models.LoadedModel` (model, tokenizer, model_id)."""
 
 
 class TinyModelSource(ModelSource):
@@ -30,7 +30,7 @@ class TinyModelSource(ModelSource):
     num_layers: int = 2
 
     def load(self) -> Any:
-        from gtp_pipeline.core.models import TinyModelConfig, tiny_model
+        from gtp_pipeline.core.training.models import TinyModelConfig, tiny_model
 
         return tiny_model(
             TinyModelConfig(seed=self.seed, hidden_size=self.hidden_size, num_hidden_layers=self.num_layers)
@@ -41,7 +41,7 @@ class SmolLM2Source(ModelSource):
     cache_dir: str  # where the one-time GGUF -> safetensors conversion is kept
 
     def load(self) -> Any:
-        from gtp_pipeline.core.models import gguf_model
+        from gtp_pipeline.core.training.models import gguf_model
 
         return gguf_model(cache_dir=self.cache_dir)
 
@@ -51,8 +51,8 @@ class HFFolderSource(ModelSource):
     setting: str = MODEL_DIR_ENV  # where `path` came from, named in configuration errors
 
     def load(self) -> Any:
-        from gtp_pipeline.core.config_errors import ConfigurationError
-        from gtp_pipeline.core.models import hf_folder_model
+        from gtp_pipeline.core.config.config_errors import ConfigurationError
+        from gtp_pipeline.core.training.models import hf_folder_model
 
         with fail_fast(self.setting, self.path):
             if not self.path.strip():  # never "the working directory", which Path("") would be

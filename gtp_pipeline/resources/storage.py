@@ -8,7 +8,7 @@ best left to the provider's usual environment (AWS_ACCESS_KEY_ID, ...; fsspec al
 so nothing secret sits in run config.
 
 Artifacts that libraries write as plain files (checkpoints, centroids) go through `local_folder`: the folder
-itself for a local root; for a URL root, a local mirror that is pulled before and pushed after (core/mirror.py).
+itself for a local root; for a URL root, a local mirror that is pulled before and pushed after (core/storage/mirror.py).
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from gtp_pipeline.core import settings as env
+from gtp_pipeline.core.config import settings as env
 
 
 class ArtifactPathError(ValueError):
@@ -58,7 +58,7 @@ class ArtifactStore(dg.ConfigurableResource):
     def _remote_path(self, parts: tuple[str, ...]) -> Any:
         from upath import UPath
 
-        from gtp_pipeline.core.atomic import storage_path
+        from gtp_pipeline.core.storage.atomic import storage_path
 
         joined = "/".join(parts)
         rel = posixpath.normpath(joined) if joined else "."
@@ -80,7 +80,7 @@ class ArtifactStore(dg.ConfigurableResource):
             path.mkdir(parents=True, exist_ok=True)
             yield path
             return
-        from gtp_pipeline.core.mirror import pull, push
+        from gtp_pipeline.core.storage.mirror import pull, push
 
         remote = self._remote_path(parts)  # validates parts
         base = Path(self.local_cache or env.get("GTP_LOCAL_CACHE") or Path.home() / ".cache" / "gtp_pipeline")

@@ -33,7 +33,7 @@ def test_store_check_runs_per_checkpoint_and_fails_only_the_damaged_one(tiny_pip
     import shutil
     from pathlib import Path
 
-    from gtp_pipeline.core.feature_store import FeatureStore
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
     from gtp_pipeline.resources.storage import ArtifactStore
 
     root, instance, _, _, _ = tiny_pipeline

@@ -4,8 +4,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from gtp_pipeline.core.feature_store import FeatureStore
-from gtp_pipeline.core.profiles import TINY, budget_count
+from gtp_pipeline.core.config.profiles import TINY, budget_count
+from gtp_pipeline.core.storage.feature_store import FeatureStore
 from tests.assets.conftest import latest_metadata
 
 

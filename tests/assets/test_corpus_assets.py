@@ -118,8 +118,8 @@ def test_a_pool_with_no_valid_row_fails_with_its_reasons_and_corpus_rejects_writ
 
 
 def test_a_multi_target_pool_is_decontaminated_against_every_row_of_every_listed_target(tmp_path, monkeypatch):
-    from gtp_pipeline.core.profiles import MULTI_TARGETS
-    from gtp_pipeline.core.targets import all_target_prompts
+    from gtp_pipeline.core.config.profiles import MULTI_TARGETS
+    from gtp_pipeline.core.ingest.targets import all_target_prompts
 
     gsm8k, dates = (next(t for t in MULTI_TARGETS if t.name == n) for n in ("gsm8k", "date_understanding"))
     planted = [all_target_prompts(gsm8k)[-1], all_target_prompts(dates)[-1], "A question no target has?"]
@@ -142,7 +142,7 @@ def test_a_multi_target_pool_is_decontaminated_against_every_row_of_every_listed
 def test_the_contamination_check_rechecks_the_pool_under_the_active_policy(tmp_path, monkeypatch, policy):
     from dataclasses import replace
 
-    from gtp_pipeline.core import profiles
+    from gtp_pipeline.core.config import profiles
 
     full = profiles.PROFILES["full"]
     monkeypatch.setitem(profiles.PROFILES, "full", replace(full, corpus=replace(full.corpus, contamination=policy)))

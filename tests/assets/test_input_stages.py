@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import dagster as dg
 
-from gtp_pipeline.core import profiles
+from gtp_pipeline.core.config import profiles
 from gtp_pipeline.demo import needs_run
 
 

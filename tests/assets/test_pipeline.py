@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from gtp_pipeline.core.profiles import TINY, budget_count, finetune_runs
-from gtp_pipeline.core.run_key import RunKey
+from gtp_pipeline.core.config.profiles import TINY, budget_count, finetune_runs
+from gtp_pipeline.core.config.run_key import RunKey
 from tests.assets.conftest import latest_metadata
 
 ALL_ASSETS = {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gtp_pipeline.core.models import tiny_model
+from gtp_pipeline.core.training.models import tiny_model
 
 
 @pytest.fixture

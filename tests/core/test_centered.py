@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.centered import CenteredTrajectories
-from gtp_pipeline.core.pursuit import PursuitConfig, gtp
-from gtp_pipeline.core.trajectory import DenseTrajectories, StoreTrajectories
+from gtp_pipeline.core.features.centered import CenteredTrajectories
+from gtp_pipeline.core.features.trajectory import DenseTrajectories, StoreTrajectories
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 from tests.core.test_pursuit import LR, clustered, target_of, write_stores
 
 

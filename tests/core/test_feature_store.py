@@ -7,15 +7,15 @@ import os
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.atomic import temp_sibling
-from gtp_pipeline.core.feature_store import (
+from gtp_pipeline.core.features.trajectory import StoreTrajectories
+from gtp_pipeline.core.storage.atomic import temp_sibling
+from gtp_pipeline.core.storage.feature_store import (
     FeatureStore,
     StoreCorruptError,
     StoreIncompleteError,
     StoreMeta,
     StoreMismatchError,
 )
-from gtp_pipeline.core.trajectory import StoreTrajectories
 
 IDS = [f"ex{i:03d}" for i in range(11)]
 META = StoreMeta(

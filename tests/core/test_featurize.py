@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreCorruptError, StoreMismatchError
-from gtp_pipeline.core.featurize import GRADIENT_ZERO, FeatureConfig, featurize
-from gtp_pipeline.core.lora_train import LoraTrainConfig, train_lora
-from gtp_pipeline.core.projection import ProjectionConfig
-from gtp_pipeline.core.text import EMPTY_RESPONSE, RESPONSE_TRUNCATED_AWAY
+from gtp_pipeline.core.features.featurize import GRADIENT_ZERO, FeatureConfig, featurize
+from gtp_pipeline.core.features.projection import ProjectionConfig
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreCorruptError, StoreMismatchError
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora
+from gtp_pipeline.core.training.text import EMPTY_RESPONSE, RESPONSE_TRUNCATED_AWAY
 from tests.core.test_feature_store import damage_file
 
 LORA = LoraTrainConfig(lora_r=4, lora_alpha=16, lr=1e-2, epochs=2, batch_size=4, max_len=64, seed=0)
@@ -107,9 +107,9 @@ def test_same_seed_gives_the_same_features_across_runs_and_processes(tmp_path, t
     script = """
 import sys, torch
 torch.set_num_threads(1)
-from gtp_pipeline.core.featurize import featurize
-from gtp_pipeline.core.lora_train import read_checkpoint
-from gtp_pipeline.core.models import tiny_model
+from gtp_pipeline.core.features.featurize import featurize
+from gtp_pipeline.core.training.lora_train import read_checkpoint
+from gtp_pipeline.core.training.models import tiny_model
 from tests.core.test_featurize import CFG, EXAMPLES
 tiny = tiny_model()
 featurize(tiny.model, tiny.tokenizer, EXAMPLES, sys.argv[1], read_checkpoint(sys.argv[2]), CFG, model_id=tiny.model_id)
@@ -184,8 +184,8 @@ def test_zero_gradient_rows_are_invalid_not_nan(tmp_path, tiny):
     """With A = B = 0 every LoRA gradient is exactly zero: such rows are reported and zero, never NaN."""
     import copy
 
-    from gtp_pipeline.core.featurize import FeatureComputer
-    from gtp_pipeline.core.text import encode_example
+    from gtp_pipeline.core.features.featurize import FeatureComputer
+    from gtp_pipeline.core.training.text import encode_example
 
     cfg = replace(CFG, kind="sgd")
     computer = FeatureComputer(tiny.model, tiny.tokenizer, None, cfg)
@@ -250,9 +250,9 @@ def test_device_generated_projection_gives_todays_features(tiny, ckpts, dtype):
     """The Triton path (here in its CPU interpreter) against the CPU-generated blocks, same model and rows: equal
     within fp32 rounding in fp32; in bf16 the block path rounds each block's product to bf16 (the device path sums
     in fp32), so there the rows agree to that rounding."""
-    from gtp_pipeline.core.featurize import FeatureComputer
-    from gtp_pipeline.core.projection_triton import TritonProjector
-    from gtp_pipeline.core.text import encode_example
+    from gtp_pipeline.core.features.featurize import FeatureComputer
+    from gtp_pipeline.core.features.projection_triton import TritonProjector
+    from gtp_pipeline.core.training.text import encode_example
 
     pytest.importorskip("triton")
     cfg = replace(CFG, projection=replace(CFG.projection, dtype=dtype), buffer_rows=13)
@@ -280,10 +280,10 @@ def test_memory_is_bounded_by_the_buffer_not_the_chunk(tmp_path, tiny, ckpts):
 import resource, sys, torch
 from dataclasses import replace
 torch.set_num_threads(1)
-from gtp_pipeline.core.featurize import FeatureConfig, featurize
-from gtp_pipeline.core.lora_train import LoraTrainConfig
-from gtp_pipeline.core.models import tiny_model
-from gtp_pipeline.core.projection import ProjectionConfig
+from gtp_pipeline.core.features.featurize import FeatureConfig, featurize
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig
+from gtp_pipeline.core.training.models import tiny_model
+from gtp_pipeline.core.features.projection import ProjectionConfig
 tiny = tiny_model()
 examples = [(f"ex{i}", f"Question {i}?", f"Answer {i}.") for i in range(20)]
 lora = LoraTrainConfig(lora_r=2048, lora_alpha=16, max_len=48)

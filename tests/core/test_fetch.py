@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from gtp_pipeline.core.fetch import MANIFEST, SHIPPED_DIR, SUBSET_CAP, build_subset, install_bigbench
+from gtp_pipeline.core.ingest.fetch import MANIFEST, SHIPPED_DIR, SUBSET_CAP, build_subset, install_bigbench
 
 
 def test_install_writes_every_shipped_file_once(tmp_path):

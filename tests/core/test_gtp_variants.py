@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
-from gtp_pipeline.core.gtp_variants import GTPVariant, select_gtp, target_matrix
-from gtp_pipeline.core.pursuit import PursuitConfig
-from gtp_pipeline.core.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.selection.gtp_variants import GTPVariant, select_gtp, target_matrix
+from gtp_pipeline.core.selection.pursuit import PursuitConfig
 
 
 def unit(x):

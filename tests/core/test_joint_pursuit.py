@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
-from gtp_pipeline.core.joint_pursuit import joint_gtp
-from gtp_pipeline.core.pursuit import PursuitConfig, gtp
-from gtp_pipeline.core.trajectory import DenseTrajectories
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
+from gtp_pipeline.core.selection.joint_pursuit import joint_gtp
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 
 
 def unit(x):

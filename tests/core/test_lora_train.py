@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gtp_pipeline.core.lora_train import (
+from gtp_pipeline.core.features.per_example_grads import response_losses
+from gtp_pipeline.core.training.lora_train import (
     CheckpointMismatchError,
     LoraTrainConfig,
     linear_schedule,
@@ -19,8 +20,7 @@ from gtp_pipeline.core.lora_train import (
     train_lora,
     warmup_subset,
 )
-from gtp_pipeline.core.per_example_grads import response_losses
-from gtp_pipeline.core.text import collate, encode_example, pad_id
+from gtp_pipeline.core.training.text import collate, encode_example, pad_id
 
 CFG = LoraTrainConfig(lora_r=4, lora_alpha=16, lr=2e-2, epochs=3, batch_size=4, max_len=64, warmup_ratio=0.1, seed=0)
 EXAMPLES = [
@@ -162,7 +162,7 @@ def test_checkpoint_problem_finds_a_swapped_adapter_and_non_finite_weights(tmp_p
 
     from safetensors.torch import save_file
 
-    from gtp_pipeline.core.lora_train import checkpoint_problem
+    from gtp_pipeline.core.training.lora_train import checkpoint_problem
 
     result = train_lora(tiny.model, tiny.tokenizer, EXAMPLES, tmp_path / "run", CFG, model_id=tiny.model_id)
     first, last = (Path(c.path) for c in (result.checkpoints[0], result.checkpoints[-1]))

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from gtp_pipeline.core import models
-from gtp_pipeline.core.config_errors import ConfigurationError
-from gtp_pipeline.core.models import ModelSourceError, TinyModelConfig
+from gtp_pipeline.core.config.config_errors import ConfigurationError
+from gtp_pipeline.core.training import models
+from gtp_pipeline.core.training.models import ModelSourceError, TinyModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +134,7 @@ def write_folder_with_its_own_code(folder, sentinel, model_type):
 def test_a_folder_that_needs_its_own_code_is_refused_without_a_prompt_and_its_code_never_runs(tmp_path):
     sentinel = tmp_path / "ran.txt"
     write_folder_with_its_own_code(tmp_path / "m", sentinel, model_type="evil_lm")
-    code = f"from gtp_pipeline.core.models import hf_folder_model; hf_folder_model({str(tmp_path / 'm')!r})"
+    code = f"from gtp_pipeline.core.training.models import hf_folder_model; hf_folder_model({str(tmp_path / 'm')!r})"
     done = subprocess.run(
         [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
     )

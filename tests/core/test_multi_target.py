@@ -4,7 +4,7 @@ claims no more than the intervals do."""
 import numpy as np
 import polars as pl
 
-from gtp_pipeline.core.multi_target import gtp_tally, multi_target_markdown, overall_sentence
+from gtp_pipeline.core.evaluation.multi_target import gtp_tally, multi_target_markdown, overall_sentence
 
 
 def scores(shift: dict[str, float], n: int = 60, seeds=(0, 1, 2), seed: int = 0) -> pl.DataFrame:

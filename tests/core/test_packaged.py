@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from gtp_pipeline.core import packaged
-from gtp_pipeline.core.corpus import build_corpus
-from gtp_pipeline.core.targets import TargetSpec, load_target
+from gtp_pipeline.core.ingest import packaged
+from gtp_pipeline.core.ingest.corpus import build_corpus
+from gtp_pipeline.core.ingest.targets import TargetSpec, load_target
 
 
 def test_chatterbot_reads_all_21_english_topics():

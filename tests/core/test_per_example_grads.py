@@ -6,9 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from gtp_pipeline.core.lora_train import LoraTrainConfig, load_lora_model, load_moments, make_lora_model, train_lora
-from gtp_pipeline.core.models import tiny_model
-from gtp_pipeline.core.per_example_grads import (
+from gtp_pipeline.core.features.per_example_grads import (
     BatchedGrads,
     LoopGrads,
     UnsupportedModelError,
@@ -18,7 +16,15 @@ from gtp_pipeline.core.per_example_grads import (
     response_losses,
     set_attention,
 )
-from gtp_pipeline.core.text import collate, encode_example, pad_id
+from gtp_pipeline.core.training.lora_train import (
+    LoraTrainConfig,
+    load_lora_model,
+    load_moments,
+    make_lora_model,
+    train_lora,
+)
+from gtp_pipeline.core.training.models import tiny_model
+from gtp_pipeline.core.training.text import collate, encode_example, pad_id
 
 LORA = LoraTrainConfig(lora_r=4, lora_alpha=16, max_len=64, batch_size=4, lr=1e-2, epochs=2, seed=0)
 TEXTS = [

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gtp_pipeline.core.projection import (
+from gtp_pipeline.core.features.projection import (
     TILE_ROWS,
     BlockProjector,
     DenseProjector,

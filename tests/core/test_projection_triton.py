@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("triton", reason="pip install triton (the dev extra) for the device projection's tests")
 
-from gtp_pipeline.core import projection_triton  # noqa: E402
-from gtp_pipeline.core.projection import (  # noqa: E402
+from gtp_pipeline.core.features import projection_triton  # noqa: E402
+from gtp_pipeline.core.features.projection import (  # noqa: E402
     TILE_ROWS,
     BlockProjector,
     DenseProjector,
@@ -22,14 +22,14 @@ from gtp_pipeline.core.projection import (  # noqa: E402
     make_projector,
     rademacher_rows,
 )
-from gtp_pipeline.core.projection_triton import KernelConfig, TritonProjector, philox_words  # noqa: E402
+from gtp_pipeline.core.features.projection_triton import KernelConfig, TritonProjector, philox_words  # noqa: E402
 
 SMALL = KernelConfig(block_m=32, block_n=32, block_k=32, programs=8)  # interpreter-sized tiles
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def numpy_words(seed: int, tile: int, dim: int) -> np.ndarray:
-    """The definition (core/projection.py): tile `tile` of R is numpy's Philox4x64-10 stream keyed by (seed, tile)."""
+    """The definition (core/features/projection.py): tile `tile` of R is numpy's Philox4x64-10 stream keyed by (seed, tile)."""
     return np.random.Philox(key=np.array([seed, tile], dtype=np.uint64)).random_raw(TILE_ROWS * dim // 64)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import polars as pl
 
-from gtp_pipeline.core.report import NO_PER_EXAMPLE, build_report
+from gtp_pipeline.core.evaluation.report import NO_PER_EXAMPLE, build_report
 
 METHODS = ("gtp", "topk", "random", "clusterclip")
 BUDGETS = ("5pct", "20pct")
@@ -126,7 +126,7 @@ def test_the_at_a_glance_plot_draws_every_method_and_full_data_and_stays_short_e
     import xml.etree.ElementTree as ET
 
     from gtp_pipeline.assets.metadata import INLINE_MARKDOWN_LIMIT, md_inline_svg
-    from gtp_pipeline.core.plots import lines_svg
+    from gtp_pipeline.core.evaluation.plots import lines_svg
 
     report = build_report(evaluation_table(per_example_table()), *inputs())
     svg = ET.fromstring(report.glance_svg)

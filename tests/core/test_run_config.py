@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from gtp_pipeline.core.config_errors import ConfigurationError
-from gtp_pipeline.core.profiles import DEMO, FULL
-from gtp_pipeline.core.run_config import load_run_config, profile_yaml
+from gtp_pipeline.core.config.config_errors import ConfigurationError
+from gtp_pipeline.core.config.profiles import DEMO, FULL
+from gtp_pipeline.core.config.run_config import load_run_config, profile_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from gtp_pipeline.core.profiles import MULTI_TARGET, TINY, budget_label, finetune_runs
-from gtp_pipeline.core.run_key import RunKey
+from gtp_pipeline.core.config.profiles import MULTI_TARGET, TINY, budget_label, finetune_runs
+from gtp_pipeline.core.config.run_key import RunKey
 
 
 @pytest.mark.parametrize(

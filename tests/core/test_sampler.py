@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from gtp_pipeline.core.sampler import SamplerConfig, SamplerInputError, plan_samples, reference_plan
+from gtp_pipeline.core.clusterclip.sampler import SamplerConfig, SamplerInputError, plan_samples, reference_plan
 
 
 def labels_from_sizes(sizes: list[int], seed: int = 0) -> np.ndarray:

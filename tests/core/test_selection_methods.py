@@ -4,13 +4,13 @@ place is selectable by name in the pipeline's entry point and in the variant stu
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.gtp_variants import GTPVariant, select_gtp
-from gtp_pipeline.core.pursuit import PursuitConfig, Selection
-from gtp_pipeline.core.selection_baselines import less_topk, random_k
-from gtp_pipeline.core.selection_methods import REGISTRY, in_domain_target, register, select
-from gtp_pipeline.core.trajectory import DenseTrajectories, TargetTrajectory
-from gtp_pipeline.core.variant_study import parse_method
-from gtp_pipeline.core.variant_study import select as study_select
+from gtp_pipeline.core.evaluation.variant_study import parse_method
+from gtp_pipeline.core.evaluation.variant_study import select as study_select
+from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.selection.gtp_variants import GTPVariant, select_gtp
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
+from gtp_pipeline.core.selection.selection_baselines import less_topk, random_k
+from gtp_pipeline.core.selection.selection_methods import REGISTRY, in_domain_target, register, select
 
 
 def problem(n=80, d=24, seed=0):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gtp_pipeline.core import settings
+from gtp_pipeline.core.config import settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,7 +16,7 @@ def test_only_the_settings_module_touches_the_environment():
         for p in (REPO / "gtp_pipeline").rglob("*.py")
         if re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text())
     )
-    assert readers == ["gtp_pipeline/core/settings.py"]
+    assert readers == ["gtp_pipeline/core/config/settings.py"]
 
 
 def test_the_readme_table_lists_exactly_the_declared_gtp_variables():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gtp_pipeline.core.records import RejectReason
-from gtp_pipeline.core.targets import TargetSpec, TargetSpecError, load_target, target_frame
+from gtp_pipeline.core.ingest.records import RejectReason
+from gtp_pipeline.core.ingest.targets import TargetSpec, TargetSpecError, load_target, target_frame
 
 BBH_PAIR = ("date_understanding", "logical_deduction/three_objects")
 
@@ -285,8 +285,8 @@ def test_impossible_target_specs_raise_clear_errors(spec):
 
 
 def test_all_target_prompts_are_every_row_drawn_or_not_and_a_listed_target_keeps_its_sizes():
-    from gtp_pipeline.core.profiles import MULTI_TARGETS, get_profile
-    from gtp_pipeline.core.targets import all_target_prompts
+    from gtp_pipeline.core.config.profiles import MULTI_TARGETS, get_profile
+    from gtp_pipeline.core.ingest.targets import all_target_prompts
 
     gsm8k = next(t for t in MULTI_TARGETS if t.name == "gsm8k")
     prompts = all_target_prompts(gsm8k)

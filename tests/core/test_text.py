@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gtp_pipeline.core.models import tiny_tokenizer
-from gtp_pipeline.core.text import (
+from gtp_pipeline.core.training.models import tiny_tokenizer
+from gtp_pipeline.core.training.text import (
     EMPTY_RESPONSE,
     IGNORE_INDEX,
     PLAIN_PROMPT,

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreCorruptError, StoreMeta
-from gtp_pipeline.core.trajectory import (
+from gtp_pipeline.core.features.trajectory import (
     BadFeaturesError,
     DenseTrajectories,
     StoreTrajectories,
@@ -13,6 +12,7 @@ from gtp_pipeline.core.trajectory import (
     map_chunk,
     normalize_lr_weights,
 )
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreCorruptError, StoreMeta
 
 LR = (1.6877e-05, 1.2859e-05, 7.7030e-06)  # three checkpoints keep the tests small
 

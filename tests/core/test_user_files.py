@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gtp_pipeline.core.corpus import CorpusConfig, build_corpus
-from gtp_pipeline.core.records import RejectReason
-from gtp_pipeline.core.user_files import read_jsonl, read_parquet, read_user_files
+from gtp_pipeline.core.ingest.corpus import CorpusConfig, build_corpus
+from gtp_pipeline.core.ingest.records import RejectReason
+from gtp_pipeline.core.ingest.user_files import read_jsonl, read_parquet, read_user_files
 
 MAX_CHARS = 200
 text = st.text(alphabet=string.ascii_letters + string.digits + " .,?!é中", min_size=1, max_size=40).filter(

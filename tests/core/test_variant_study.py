@@ -6,11 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gtp_pipeline.core.evaluate import EvalConfig, EvalExample, evaluate
-from gtp_pipeline.core.gtp_variants import GTPVariant
-from gtp_pipeline.core.lora_train import LoraTrainConfig, load_lora_model, train_lora
-from gtp_pipeline.core.trajectory import DenseTrajectories, TargetTrajectory
-from gtp_pipeline.core.variant_study import parse_method, run_study, study_markdown
+from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
+from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, study_markdown
+from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.selection.gtp_variants import GTPVariant
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, load_lora_model, train_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conftest.py
 
@@ -37,8 +37,8 @@ def test_method_specs_parse_into_variants():
 
 
 def test_in_domain_matches_the_pool_mean_and_pursuit_settings_reach_the_pursuit():
-    from gtp_pipeline.core.pursuit import PursuitConfig, gtp
-    from gtp_pipeline.core.variant_study import select
+    from gtp_pipeline.core.evaluation.variant_study import select
+    from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 
     view, target, per_example, _ = pool(n=60, d=16)
     A = view.gather(np.arange(60)).astype(np.float64)
@@ -126,7 +126,7 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
 
 
 def test_scores_are_cached_per_test_set_and_a_damaged_cache_is_scored_again(tmp_path):
-    from gtp_pipeline.core.variant_study import scores_key, train_and_score
+    from gtp_pipeline.core.evaluation.variant_study import scores_key, train_and_score
 
     trained, scored = [], []
 

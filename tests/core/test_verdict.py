@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import scipy.stats
 
-from gtp_pipeline.core.verdict import (
+from gtp_pipeline.core.evaluation.verdict import (
     BootstrapInterval,
     compare_methods,
     gap_closed,

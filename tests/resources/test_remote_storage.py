@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gtp_pipeline.core.feature_store import FeatureStore, StoreMeta, StoreMismatchError
+from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta, StoreMismatchError
 from gtp_pipeline.resources.io_managers import ParquetIOManager
 from gtp_pipeline.resources.storage import ArtifactPathError, ArtifactStore
 
@@ -173,7 +173,7 @@ def test_local_folder_pushes_files_commit_file_last_and_another_machine_pulls_th
         "checkpoint-000009/adapter_model.safetensors",
         "checkpoint-000009/trainer_state.json",
     ]
-    from gtp_pipeline.core.mirror import _ordered
+    from gtp_pipeline.core.storage.mirror import _ordered
 
     assert _ordered(["c/trainer_state.json", "c/adapter.safetensors"])[-1] == "c/trainer_state.json"
     reader = ArtifactStore(root=root, storage_options=s3_options, local_cache=str(tmp_path / "machine_b"))

@@ -1,0 +1,1 @@
+"""Models and the one LoRA recipe: loading (offline, no remote code), tokenizing, resumable training."""
