@@ -36,10 +36,12 @@ import time
 import numpy as np
 import torch
 
-from gtp_pipeline.core.features.trajectory import StoreTrajectories, build_target
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+from gtp_pipeline.core.features.target_trajectory import build_target
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection, less_topk
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
 
 # --- defaults (full mode); --quick overrides below ---
 N = 100_000  # pool rows

@@ -41,8 +41,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from gtp_pipeline.core.features.trajectory import StoreTrajectories
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
 
 # --- defaults (full mode: LESS's sizes); --quick overrides N ---
 N = 270_000  # candidate rows (LESS: the 270k-example instruction pool)

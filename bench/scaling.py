@@ -150,7 +150,7 @@ def warm_worker() -> int:
 def shard_task(shard: int, job: dict) -> dict:
     """One gradient shard, as a worker runs it in production: load model + checkpoint + pool, featurize its chunks."""
     from gtp_pipeline.core.features.featurize import featurize
-    from gtp_pipeline.core.training.lora_train import read_checkpoint
+    from gtp_pipeline.core.training.checkpoints import read_checkpoint
 
     started, t0, c0 = time.time(), time.perf_counter(), time.thread_time()
     torch.set_num_threads(1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from gtp_pipeline.core.training.checkpoints import CHECKPOINT_FILES
 from gtp_pipeline.partitions import is_valid_checkpoint_key, model_checkpoint
 from gtp_pipeline.resources.profile import ProfileResource
 
@@ -52,7 +53,6 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 # A user checkpoint folder must hold what the gradient features need (core/training/lora_train.py's format).
-CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "trainer_state.json")
 
 
 def find_checkpoints(folder: str | Path) -> tuple[list[str], list[str]]:

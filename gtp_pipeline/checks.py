@@ -186,7 +186,7 @@ target_stores_sound = _store_check("target_gradients")
 def adapter_sound(context, store: ArtifactStore) -> dg.AssetCheckResult:
     from pathlib import Path
 
-    from gtp_pipeline.core.training.lora_train import checkpoint_problem
+    from gtp_pipeline.core.training.checkpoints import checkpoint_problem
 
     problems = []
     for key in context.partition_keys:

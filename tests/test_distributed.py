@@ -337,7 +337,8 @@ def test_killed_worker_mid_shard_resumes_without_recomputing_finished_chunks(
 
 
 def write_stores(root: Path, blocks, chunk_rows: int, valid: np.ndarray) -> list[str]:
-    from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
+    from gtp_pipeline.core.storage.store_records import StoreMeta
 
     n = blocks[0].shape[0]
     ids = [f"ex{i:05d}" for i in range(n)]
@@ -354,7 +355,7 @@ def write_stores(root: Path, blocks, chunk_rows: int, valid: np.ndarray) -> list
 
 def test_dask_pursuit_scores_bit_identical_and_selects_the_same_subset(cluster, tmp_path):
     from gtp_pipeline.core.features.dask_trajectories import DaskTrajectories
-    from gtp_pipeline.core.features.trajectory import StoreTrajectories
+    from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
     from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 
     _, client = cluster

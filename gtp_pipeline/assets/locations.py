@@ -72,7 +72,7 @@ def _added_by_hand(key: str) -> str:
 
 def resolve_checkpoint(store: ArtifactStore, version: str, key: str, user_dir: str = ""):
     """The checkpoint behind a model_checkpoint partition key: a warm-up epoch of this corpus, or a user folder."""
-    from gtp_pipeline.core.training.lora_train import list_checkpoints, read_checkpoint
+    from gtp_pipeline.core.training.checkpoints import list_checkpoints, read_checkpoint
 
     if key.startswith(WARMUP_KEY_PREFIX):
         with store.local_folder(*warmup_parts(version)) as folder:  # pulled first when the root is remote

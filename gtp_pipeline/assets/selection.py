@@ -38,7 +38,8 @@ def open_trajectories(instance, raw_corpus, target_examples, profile: ProfileRes
     example's own trajectory, and the checkpoint keys and gradient-store paths they were read from."""
     import numpy as np
 
-    from gtp_pipeline.core.features.trajectory import StoreTrajectories, build_target
+    from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+    from gtp_pipeline.core.features.target_trajectory import build_target
     from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     keys = instance.get_dynamic_partitions(model_checkpoint.name)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from gtp_pipeline.core.features.centered import CenteredTrajectories
-from gtp_pipeline.core.features.trajectory import DenseTrajectories, StoreTrajectories
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 from tests.core.test_pursuit import LR, clustered, target_of, write_stores
 

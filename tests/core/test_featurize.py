@@ -12,7 +12,8 @@ import torch
 
 from gtp_pipeline.core.features.featurize import GRADIENT_ZERO, FeatureConfig, featurize
 from gtp_pipeline.core.features.projection import ProjectionConfig
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreCorruptError, StoreMismatchError
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreCorruptError, StoreMismatchError
 from gtp_pipeline.core.training.lora_train import LoraTrainConfig, train_lora
 from gtp_pipeline.core.training.text import EMPTY_RESPONSE, RESPONSE_TRUNCATED_AWAY
 from tests.core.test_feature_store import damage_file
@@ -108,7 +109,7 @@ def test_same_seed_gives_the_same_features_across_runs_and_processes(tmp_path, t
 import sys, torch
 torch.set_num_threads(1)
 from gtp_pipeline.core.features.featurize import featurize
-from gtp_pipeline.core.training.lora_train import read_checkpoint
+from gtp_pipeline.core.training.checkpoints import read_checkpoint
 from gtp_pipeline.core.training.models import tiny_model
 from tests.core.test_featurize import CFG, EXAMPLES
 tiny = tiny_model()

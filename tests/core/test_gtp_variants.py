@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
-from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant, select_gtp, target_matrix
 from gtp_pipeline.core.selection.pursuit import PursuitConfig
 

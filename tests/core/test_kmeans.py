@@ -6,7 +6,8 @@ import torch
 from sklearn.cluster import KMeans
 
 from gtp_pipeline.core.clusterclip.kmeans import KMeansConfig, KMeansInputError, spherical_kmeans
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
 
 
 def clustered(n: int, d: int, n_true: int, spread: float, seed: int = 0) -> np.ndarray:

@@ -10,11 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from gtp_pipeline.core.features.per_example_grads import response_losses
+from gtp_pipeline.core.training.checkpoints import CheckpointMismatchError, list_checkpoints
 from gtp_pipeline.core.training.lora_train import (
-    CheckpointMismatchError,
     LoraTrainConfig,
     linear_schedule,
-    list_checkpoints,
     load_lora_model,
     lr_weights,
     train_lora,
@@ -162,7 +161,7 @@ def test_checkpoint_problem_finds_a_swapped_adapter_and_non_finite_weights(tmp_p
 
     from safetensors.torch import save_file
 
-    from gtp_pipeline.core.training.lora_train import checkpoint_problem
+    from gtp_pipeline.core.training.checkpoints import checkpoint_problem
 
     result = train_lora(tiny.model, tiny.tokenizer, EXAMPLES, tmp_path / "run", CFG, model_id=tiny.model_id)
     first, last = (Path(c.path) for c in (result.checkpoints[0], result.checkpoints[-1]))

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
-from gtp_pipeline.core.features.trajectory import DenseTrajectories, ShardedTrajectories, StoreTrajectories
+from gtp_pipeline.core.features.sharded_trajectories import ShardedTrajectories
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.nnls import CholeskySupport, NNLSError, nnls_gram
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection, less_topk, random_k
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
 
 LR = (1.6877e-05, 1.2859e-05, 7.7030e-06)
 

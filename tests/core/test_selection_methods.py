@@ -6,7 +6,8 @@ import pytest
 
 from gtp_pipeline.core.evaluation.variant_study import parse_method
 from gtp_pipeline.core.evaluation.variant_study import select as study_select
-from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant, select_gtp
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.selection.selection_baselines import less_topk, random_k

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories, map_chunk
+from gtp_pipeline.core.features.target_trajectory import build_target
 from gtp_pipeline.core.features.trajectory import (
     BadFeaturesError,
     DenseTrajectories,
-    StoreTrajectories,
     TrajectoryMismatchError,
-    build_target,
-    map_chunk,
     normalize_lr_weights,
 )
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreCorruptError, StoreMeta
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreCorruptError, StoreMeta
 
 LR = (1.6877e-05, 1.2859e-05, 7.7030e-06)  # three checkpoints keep the tests small
 

@@ -8,7 +8,8 @@ import pytest
 
 from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
 from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, study_markdown
-from gtp_pipeline.core.features.trajectory import DenseTrajectories, TargetTrajectory
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant
 from gtp_pipeline.core.training.lora_train import LoraTrainConfig, load_lora_model, train_lora
 

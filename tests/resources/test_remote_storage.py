@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta, StoreMismatchError
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta, StoreMismatchError
 from gtp_pipeline.resources.io_managers import ParquetIOManager
 from gtp_pipeline.resources.storage import ArtifactPathError, ArtifactStore
 

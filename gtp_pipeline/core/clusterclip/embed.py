@@ -36,7 +36,8 @@ import numpy as np
 
 from gtp_pipeline.core.config import settings as env
 from gtp_pipeline.core.config.config_errors import ConfigurationError
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,6 @@ Where the time goes, and how it compares with faiss and scikit-learn: docs/BENCH
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -60,17 +59,17 @@ from typing import Literal
 import numpy as np
 import torch
 
+from gtp_pipeline.core.clusterclip.kmeans_blocks import (
+    ArraySource,
+    KMeansInputError,
+    Source,
+    StoreSource,
+    normalize_rows,
+)
+from gtp_pipeline.core.clusterclip.kmeans_certify import Centroids, assign_block, check_bf16_gemm
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits; round-to-nearest error <= 2^-8 relative
-FP32_UNIT_ROUNDOFF = 2.0**-24
-_BOUND_SLACK = 1.01  # the norms in the bound are themselves computed in fp32; 1% covers that many times over
-
-
-class KMeansInputError(ValueError):
-    """The data or the config cannot be clustered as asked (the message names the numbers)."""
 
 
 @dataclass(frozen=True)
@@ -127,322 +126,6 @@ class KMeansResult:
 # --- data sources: blocks of normalized fp32 rows --------------------------------------------------------
 
 
-@dataclass
-class _Block:
-    start: int
-    x: torch.Tensor  # (b, d) float32, unit rows
-    xb: torch.Tensor | None = None  # (b, d + 1) bfloat16: bf16(x) and, last, -o (the row's offset, see _assign_block)
-    dx: torch.Tensor | None = None  # (b,) |x - bf16(x)|
-    xbn: torch.Tensor | None = None  # (b,) |bf16(x)|
-
-
-def _normalize_rows(x: torch.Tensor, start: int) -> torch.Tensor:
-    """fp32 copy of `x` with unit rows; raise on non-finite or zero rows (numbered from `start`)."""
-    x = x.to(torch.float32)
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
-        raise KMeansInputError(
-            f"{bad.numel()} rows have non-finite values (first: row {start + int(bad[0])}); embeddings must be finite"
-        )
-    norms = torch.linalg.vector_norm(x, dim=1)  # (b,)
-    zero = norms == 0
-    if bool(zero.any()):
-        bad = zero.nonzero().flatten()
-        raise KMeansInputError(
-            f"{bad.numel()} rows are zero vectors (first: row {start + int(bad[0])}); a zero row has no direction"
-        )
-    return x / norms[:, None]
-
-
-def _bf16_parts(x: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[bf16(x), -bf16(offset)] (rows x d+1), |x - bf16(x)| and |bf16(x)| per row."""
-    xb = torch.empty(x.shape[0], x.shape[1] + 1, dtype=torch.bfloat16)
-    xb[:, :-1].copy_(x)  # copy_, not `xb[...] = x`: tensor __setitem__ holds the GIL (see _e_step)
-    xb[:, -1].copy_(-offset)
-    xbf = xb[:, :-1].float()
-    return xb, torch.linalg.vector_norm(x - xbf, dim=1), torch.linalg.vector_norm(xbf, dim=1)
-
-
-def _block_rows(n: int, chunk_rows: int) -> int:
-    """Rows per block: chunk_rows, fewer for small inputs (>= 8 blocks, >= 4096 rows: smaller GEMMs cost
-    more per row) so that every worker stays busy.
-
-    Depends on n and chunk_rows only (never on the thread count): block boundaries fix the order of the
-    per-cluster sums, hence the result bits."""
-    return min(chunk_rows, max(4096, -(-n // 8)))
-
-
-def _empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """A large uninitialized tensor backed by numpy, whose allocator asks the OS for huge pages: first-touch
-    page faults of a torch allocation cost ~0.5 ms per MB on this VM, numpy's ~4x less."""
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(np.empty(shape, dtype=np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.empty(shape, dtype=np.float32))
-
-
-class _ArraySource:
-    """An in-memory (N x d) array, normalized (and its bf16 parts built) once, block by block in the pool."""
-
-    def __init__(self, data: np.ndarray | torch.Tensor, chunk_rows: int):
-        x = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data.detach().cpu()
-        if x.ndim != 2:
-            raise KMeansInputError(f"data must be 2-D (N x d), got shape {tuple(x.shape)}")
-        self.n, self.d = int(x.shape[0]), int(x.shape[1])
-        if self.n == 0 or self.d == 0:
-            raise KMeansInputError(f"empty input: shape {tuple(x.shape)}")
-        self.raw, self.chunk_rows = x, _block_rows(self.n, chunk_rows)  # (N, d) any float dtype, not copied
-        self.n_blocks = -(-self.n // self.chunk_rows)
-        self.x: torch.Tensor | None = None  # (N, d) float32 unit rows
-        self._bf16: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # xb (N, d+1), dx (N,), xbn (N,)
-
-    def prepare(self, bf16: bool, pool: ThreadPoolExecutor) -> None:
-        first = self.x is None
-        if first:
-            self.x = _empty((self.n, self.d), torch.float32)
-        if bf16 and self._bf16 is None:
-            self._bf16 = (_empty((self.n, self.d + 1), torch.bfloat16), torch.empty(self.n), torch.empty(self.n))
-        elif not first:
-            return
-
-        def work(i: int) -> None:
-            s, e = i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.n)
-            if first:
-                self.x[s:e].copy_(_normalize_rows(self.raw[s:e], s))
-            if bf16:
-                for dst, part in zip(self._bf16, _bf16_parts(self.x[s:e], torch.zeros(e - s)), strict=True):
-                    dst[s:e].copy_(part)
-
-        for _ in pool.map(work, range(self.n_blocks)):
-            pass
-
-    def block(self, i: int, bf16: bool) -> _Block:
-        s, e = i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.n)
-        if not bf16:
-            return _Block(s, self.x[s:e])
-        xb, dx, xbn = self._bf16
-        return _Block(s, self.x[s:e], xb[s:e], dx[s:e], xbn[s:e])
-
-    def set_offsets(self, start: int, top: torch.Tensor) -> None:
-        self._bf16[0][start : start + top.numel(), -1].copy_(-top)
-
-    def fill_offsets(self, value: float) -> None:
-        self._bf16[0][:, -1] = -value
-
-    def shift_offsets(self, delta: float) -> None:
-        self._bf16[0][:, -1] -= delta
-
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
-        return self.x[torch.as_tensor(idx, dtype=torch.int64)]
-
-
-class _StoreSource:
-    """A FeatureStore read chunk by chunk on every pass; memory: a few store chunks plus O(N) offsets.
-
-    Blocks are the same global row ranges as for an array (multiples of chunk_rows), whatever the store's
-    own chunking, so a store and the same rows in memory give bit-identical results.
-    """
-
-    def __init__(self, store: FeatureStore, chunk_rows: int):
-        self.n, self.d = store.meta.n_rows, store.meta.dim
-        self.store, self.chunk_rows = store, _block_rows(self.n, chunk_rows)
-        self.n_blocks = -(-self.n // self.chunk_rows)
-        self._offsets: torch.Tensor | None = None  # (N,) float32, allocated on the first bf16 pass
-        self._read = functools.lru_cache(maxsize=4)(store.read_chunk)  # consecutive blocks share store chunks
-        valid = store.valid_mask()
-        if not valid.all():
-            bad = np.flatnonzero(~valid)
-            raise KMeansInputError(
-                f"store {store.path} has {bad.size} invalid rows (first: row {bad[0]}); k-means needs every row"
-            )
-
-    def prepare(self, bf16: bool, pool: ThreadPoolExecutor) -> None:
-        if bf16 and self._offsets is None:
-            self._offsets = torch.zeros(self.n)
-
-    def block(self, i: int, bf16: bool) -> _Block:
-        s, e = i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.n)
-        rows = self.store.meta.chunk_rows
-        parts = []
-        for c in range(s // rows, (e - 1) // rows + 1):
-            cs = c * rows
-            parts.append(self._read(c)[max(s - cs, 0) : e - cs])  # (<= rows, d) store dtype
-        x = _normalize_rows(torch.from_numpy(np.concatenate(parts)), s)  # (e - s, d)
-        return _Block(s, x, *_bf16_parts(x, self._offsets[s:e])) if bf16 else _Block(s, x)
-
-    def set_offsets(self, start: int, top: torch.Tensor) -> None:
-        self._offsets[start : start + top.numel()].copy_(top)
-
-    def fill_offsets(self, value: float) -> None:
-        self._offsets.fill_(value)
-
-    def shift_offsets(self, delta: float) -> None:
-        self._offsets += delta
-
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
-        idx = np.asarray(idx, dtype=np.int64)
-        return _normalize_rows(torch.from_numpy(np.ascontiguousarray(self.store.read_rows(idx))), 0)
-
-
-_Source = _ArraySource | _StoreSource
-
-
-# --- certified assignment ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Centroids:
-    c: torch.Tensor  # (K, d) float32, unit rows
-    c_t: torch.Tensor  # (d, K) float32
-    cn: float  # max |c_k|
-    cb_t: torch.Tensor | None = None  # (d + 1, K) bfloat16: bf16(c_k) and, last, 1 (picks up the row offset)
-    cbn: float = 0.0  # max |bf16(c_k)|
-    dc: float = 0.0  # max |c_k - bf16(c_k)|
-
-    @classmethod
-    def of(cls, c: torch.Tensor, bf16: bool) -> _Centroids:
-        c = c.contiguous()
-        cent = cls(c, c.t().contiguous(), float(torch.linalg.vector_norm(c, dim=1).max()))
-        if bf16:
-            cb, dc, cbn = _bf16_parts(c, -torch.ones(c.shape[0]))
-            cent.cb_t, cent.dc, cent.cbn = cb.t().contiguous(), float(dc.max()), float(cbn.max())
-        return cent
-
-
-def _gamma(n: int) -> float:
-    return n * FP32_UNIT_ROUNDOFF / (1 - n * FP32_UNIT_ROUNDOFF)  # error factor of an n-term fp32 dot product
-
-
-def _certify(
-    s: torch.Tensor, err: torch.Tensor, uo: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-1 of each row of `s` (b x K), and the rows where it is not certain to be the exact argmax.
-
-    Every s_ik is within err_i + uo |s_ik| / (1 - uo) of its exact value (uo: rounding of the output).
-    Returns (labels (b,), unsure row indices (u,), top values (b,), lower bounds of the exact top (b,)).
-    """
-    top_v, top_i = torch.topk(s, 2, dim=1)  # (b, 2)
-    v1, v2 = top_v[:, 0].float(), top_v[:, 1].float()
-    lb1 = v1 - uo * v1.abs() / (1 - uo) - err  # lower bound of the exact top value
-    ub2 = v2 + uo * v2.abs() / (1 - uo) + err  # upper bound of every other exact value
-    return top_i[:, 0].clone(), (lb1 <= ub2).nonzero().flatten(), v1, lb1
-
-
-def _candidates(s: torch.Tensor, lb1: torch.Tensor, err: torch.Tensor, uo: float) -> torch.Tensor:
-    """(P, 2) pairs (row, k), rows ascending: every k whose upper bound s_k + uo|s_k|/(1-uo) + err reaches lb1.
-
-    The map s -> s + uo|s|/(1-uo) is increasing, so the test is s_k >= tau, tau its inverse at lb1 - err.
-    """
-    lo = lb1 - err
-    tau = torch.where(lo >= 0, lo * (1 - uo), lo * (1 - uo) / (1 - 2 * uo))
-    tau = tau - 1e-6 * (tau.abs() + 1)  # margin for the fp32 arithmetic of tau itself
-    return (s >= tau[:, None]).nonzero()
-
-
-def _f64_argmax(x: torch.Tensor, c: torch.Tensor, rows: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """Per row of x (u x d), the argmax over its pairs (rows, ks) of x.c_k in float64, ties to the lowest k.
-
-    Products of fp32 values are exact in float64 and a d-term sum is off by ~1e-14 at most.
-    """
-    K = c.shape[0]
-    vals = (x.index_select(0, rows).double() * c.index_select(0, ks).double()).sum(dim=1)  # (P,)
-    best = torch.full((x.shape[0],), -math.inf, dtype=torch.float64).scatter_reduce_(0, rows, vals, "amax")
-    k_if_best = torch.where(vals == best.index_select(0, rows), ks, K)
-    return torch.full((x.shape[0],), K, dtype=torch.int64).scatter_reduce_(0, rows, k_if_best, "amin")
-
-
-def _pairs_argmax(x: torch.Tensor, c: torch.Tensor, cn: float, cand: torch.Tensor) -> torch.Tensor:
-    """Exact argmax per row of x (u x d) over its candidate pairs `cand` (P x 2): fp32 dots, float64 if close.
-
-    An fp32 dot is within e = gamma_d |x| |c| of the exact value, so the top candidate is certain unless
-    another one is within 2e of it; those rows (~1 in 1000) are redone in float64.
-    """
-    u = x.shape[0]
-    rows, ks = cand[:, 0], cand[:, 1]
-    vals = (x.index_select(0, rows) * c.index_select(0, ks)).sum(dim=1)  # (P,) float32
-    e2 = (2 * _gamma(x.shape[1]) * cn * _BOUND_SLACK) * torch.linalg.vector_norm(x, dim=1)  # (u,)
-    best = torch.full((u,), -math.inf).scatter_reduce_(0, rows, vals, "amax")
-    contender = vals >= (best - e2).index_select(0, rows)  # (P,) may still be the exact argmax
-    n_contenders = torch.zeros(u, dtype=torch.int64).scatter_add_(0, rows, contender.long())
-    labels = torch.full((u,), c.shape[0], dtype=torch.int64)
-    labels.scatter_reduce_(0, rows, torch.where(contender, ks, c.shape[0]), "amin")  # the contender, if one
-    close = n_contenders > 1
-    if bool(close.any()):
-        keep = contender & close.index_select(0, rows)
-        idx = close.nonzero().flatten()
-        sub = torch.full((u,), -1, dtype=torch.int64).index_copy_(0, idx, torch.arange(idx.numel()))
-        k_rows = sub.index_select(0, rows.masked_select(keep))
-        labels.index_copy_(0, idx, _f64_argmax(x.index_select(0, idx), c, k_rows, ks.masked_select(keep)))
-    return labels
-
-
-def _assign_fp32(x: torch.Tensor, cent: _Centroids) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Exact argmax via one fp32 GEMM (error <= gamma_d |x| |c|) and float64 for the doubtful rows."""
-    s = x @ cent.c_t  # (b, K) float32
-    err = _gamma(x.shape[1]) * torch.linalg.vector_norm(x, dim=1) * cent.cn * _BOUND_SLACK
-    labels, unsure, v1, lb1 = _certify(s, err, 0.0)
-    if unsure.numel():
-        cand = _candidates(s.index_select(0, unsure), lb1.index_select(0, unsure), err.index_select(0, unsure), 0.0)
-        labels.index_copy_(0, unsure, _f64_argmax(x.index_select(0, unsure), cent.c, cand[:, 0], cand[:, 1]))
-    return labels, v1, int(unsure.numel())
-
-
-def _assign_block(blk: _Block, cent: _Centroids, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Exact argmax_k x.c_k of each row (ties: lowest k), an estimate of its top cosine, rows rechecked.
-
-    bf16: S = [x~, -o] [c~, 1]^T = x~.c~ - o with o a bf16 estimate of the row's top cosine (last
-    iteration's), so the values that decide the argmax are near 0 and their rounding to bf16 costs
-    ~2^-8 * 0.05 instead of 2^-8 * 0.65: that halves the rows to recheck. A doubtful row is rechecked
-    with fp32 dot products against its few candidates (those whose upper bound reaches the top's lower
-    bound), then float64 if two candidates are within fp32 error of each other.
-    """
-    b, d = blk.x.shape
-    K = cent.c.shape[0]
-    if K == 1:
-        return torch.zeros(b, dtype=torch.int64), torch.zeros(b), 0
-    if not bf16:
-        return _assign_fp32(blk.x, cent)
-    s = blk.xb @ cent.cb_t  # (b, K) bfloat16
-    minus_o = blk.xb[:, -1].float()  # (b,)
-    terms = blk.xbn * cent.cbn + minus_o.abs()  # bound of sum |products| of the d + 1 terms
-    err = (blk.dx * cent.cbn + blk.xbn * cent.dc + blk.dx * cent.dc + _gamma(d + 1) * terms) * _BOUND_SLACK
-    labels, unsure, v1, lb1 = _certify(s, err, BF16_UNIT_ROUNDOFF)
-    if unsure.numel():
-        pick = (s.index_select(0, unsure), lb1.index_select(0, unsure), err.index_select(0, unsure))
-        cand = _candidates(*pick, BF16_UNIT_ROUNDOFF)
-        labels.index_copy_(0, unsure, _pairs_argmax(blk.x.index_select(0, unsure), cent.c, cent.cn, cand))
-    return labels, v1 - minus_o, int(unsure.numel())
-
-
-@functools.lru_cache(maxsize=16)
-def _bf16_gemm_accumulates_in_fp32(m: int, k: int, n: int) -> bool:
-    """Probe this CPU's bf16 GEMM at the shape the E-step uses ((m x k) @ (k x n), run in a pool worker).
-
-    Rows are built so each dot product is a small difference of two large half-sums: a GEMM that
-    rounded a partial sum to bf16 anywhere would be off by ~2^-8 of the half-sum, far outside the bound
-    (gamma_k sum|products| + 2^-8 |result|) that the certification assumes. Checked on 256 rows.
-    """
-    g = torch.Generator().manual_seed(0)
-    half = torch.rand(m, k // 2, generator=g)
-    x = torch.cat([half, -half[:, torch.randperm(k // 2, generator=g)], torch.rand(m, k % 2, generator=g)], dim=1)
-    x = (x + 0.01 * torch.randn(m, k, generator=g)).to(torch.bfloat16)  # (m, k)
-    c = (1 + torch.rand(k, n, generator=g)).to(torch.bfloat16)  # (k, n) positive entries
-    got = (x @ c)[:256].double()  # (256, n)
-    xs, cd = x[:256].double(), c.double()
-    exact = xs @ cd
-    bound = 1.02 * _gamma(k) * (xs.abs() @ cd.abs()) + BF16_UNIT_ROUNDOFF * exact.abs() * 1.01
-    return bool(((got - exact).abs() <= bound).all())
-
-
-def _check_bf16_gemm(pool: ThreadPoolExecutor, m: int, k: int, n: int) -> None:
-    """Refuse the bf16 path unless its GEMM stays within the bound the certification assumes."""
-    if not pool.submit(_bf16_gemm_accumulates_in_fp32, m, k, n).result():
-        raise RuntimeError(
-            f"this CPU's bf16 matmul ({m}x{k} @ {k}x{n}) does not accumulate in fp32 (error above the "
-            "certified bound); use KMeansConfig(precision='fp32')"
-        )
-
-
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -485,7 +168,7 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, n: int, window: int) -> It
         yield pending.popleft().result()
 
 
-def _e_step(src: _Source, cent: _Centroids, bf16: bool, accumulate: bool, pool: ThreadPoolExecutor) -> _EStep:
+def _e_step(src: Source, cent: Centroids, bf16: bool, accumulate: bool, pool: ThreadPoolExecutor) -> _EStep:
     """One pass: every block assigned (and summed per cluster) by a pool worker.
 
     Workers run single-threaded torch on whole blocks (like scikit-learn's chunked Lloyd): one
@@ -500,7 +183,7 @@ def _e_step(src: _Source, cent: _Centroids, bf16: bool, accumulate: bool, pool: 
 
     def work(i: int):
         blk = src.block(i, bf16)
-        lab, top, u = _assign_block(blk, cent, bf16)
+        lab, top, u = assign_block(blk, cent, bf16)
         if bf16:
             src.set_offsets(blk.start, top)  # next iteration's o: this one's top cosine
         part = torch.zeros(K, d).index_add_(0, lab, blk.x) if accumulate else None  # (K, d) fused M-step sums
@@ -517,7 +200,7 @@ def _e_step(src: _Source, cent: _Centroids, bf16: bool, accumulate: bool, pool: 
     return _EStep(labels, sums, unsure)
 
 
-def _similarities(src: _Source, c: torch.Tensor, labels: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
+def _similarities(src: Source, c: torch.Tensor, labels: torch.Tensor, pool: ThreadPoolExecutor) -> torch.Tensor:
     """(N,) float32 cosine of each row to its own centroid (one cheap row-wise pass, no GEMM)."""
     sims = torch.empty(src.n, dtype=torch.float32)
 
@@ -534,7 +217,7 @@ def _similarities(src: _Source, c: torch.Tensor, labels: torch.Tensor, pool: Thr
 # --- init -------------------------------------------------------------------------------------------------
 
 
-def _init_centroids(src: _Source, cfg: KMeansConfig, rng: np.random.Generator) -> torch.Tensor:
+def _init_centroids(src: Source, cfg: KMeansConfig, rng: np.random.Generator) -> torch.Tensor:
     if cfg.init == "random":  # the official code: K distinct random rows
         return src.rows(np.sort(rng.choice(src.n, cfg.K, replace=False))).clone()
     m = min(src.n, cfg.init_sample_per_cluster * cfg.K)
@@ -570,7 +253,7 @@ def _kmeanspp(xs: torch.Tensor, K: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _reseed_empty(
-    src: _Source,
+    src: Source,
     sums: torch.Tensor,
     counts: torch.Tensor,
     labels: torch.Tensor,
@@ -626,9 +309,9 @@ def spherical_kmeans(
     """
     t0 = time.perf_counter()
     if isinstance(data, FeatureStore):
-        src: _Source = _StoreSource(data, config.chunk_rows)
+        src: Source = StoreSource(data, config.chunk_rows)
     else:
-        src = _ArraySource(data, config.chunk_rows)
+        src = ArraySource(data, config.chunk_rows)
     if config.K > src.n:
         raise KMeansInputError(f"K={config.K} clusters cannot be formed from N={src.n} rows (need K <= N)")
     bf16 = config.precision == "bf16"
@@ -641,14 +324,14 @@ def spherical_kmeans(
     with _highest_fp32_matmul(), _torch_threads(1), pool:
         src.prepare(False, pool)  # normalizes (and validates) every row before anything reads them
         if bf16:
-            _check_bf16_gemm(pool, min(config.chunk_rows, src.n), src.d + 1, config.K)
+            check_bf16_gemm(pool, min(config.chunk_rows, src.n), src.d + 1, config.K)
         for r, ss in enumerate(seeds):
             rng = np.random.default_rng(ss)
             if init_centroids is not None:
                 c0 = torch.as_tensor(np.asarray(init_centroids), dtype=torch.float32)
                 if tuple(c0.shape) != (config.K, src.d):
                     raise KMeansInputError(f"init_centroids has shape {tuple(c0.shape)}, expected {(config.K, src.d)}")
-                c0 = _normalize_rows(c0, 0)
+                c0 = normalize_rows(c0, 0)
             else:
                 c0 = _init_centroids(src, config, rng)
             res = _fit_once(src, config, c0, bf16, on_iteration, pool)
@@ -666,7 +349,7 @@ def spherical_kmeans(
 
 
 def _fit_once(
-    src: _Source,
+    src: Source,
     cfg: KMeansConfig,
     c: torch.Tensor,
     bf16: bool,
@@ -684,7 +367,7 @@ def _fit_once(
         src.fill_offsets(float((probe @ c.t()).amax(dim=1).median()))
     for it in range(cfg.max_iter):
         t_it = time.perf_counter()
-        cent = _Centroids.of(c, bf16)
+        cent = Centroids.of(c, bf16)
         est = _e_step(src, cent, bf16, accumulate=True, pool=pool)
         unsure_total += est.unsure
         obj = float((est.sums.double() * c.double()).sum()) / src.n  # = mean_i x_i . c_{label_i}

@@ -34,7 +34,8 @@ import numpy as np
 
 from gtp_pipeline.core.config.run_key import BASE, BASE_BUDGET, FULL, FULL_BUDGET
 from gtp_pipeline.core.evaluation.markdown import markdown_table
-from gtp_pipeline.core.features.trajectory import TargetTrajectory, Trajectories
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import Trajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection

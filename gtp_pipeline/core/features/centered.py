@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gtp_pipeline.core.features.trajectory import Scan, Trajectories, _check_rows, _columns
+from gtp_pipeline.core.features.trajectory import Scan, Trajectories, check_rows, columns
 
 
 def top_rows(scores: np.ndarray, blocked: np.ndarray, top: int) -> np.ndarray:
@@ -64,7 +64,7 @@ class CenteredTrajectories(Trajectories):
         return self.view.store_metas()
 
     def correlate(self, R: np.ndarray) -> np.ndarray:
-        R = _columns(R, self.dim)  # (D, J)
+        R = columns(R, self.dim)  # (D, J)
         raw = self.view.correlate(R).astype(np.float64)  # (N, J), -inf at the wrapped view's invalid rows
         out = ((np.where(np.isfinite(raw), raw, 0.0) - self.mu @ R.astype(np.float64)) * self._inv[:, None]).astype(
             np.float32
@@ -79,7 +79,7 @@ class CenteredTrajectories(Trajectories):
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        _check_rows(rows, self._valid)
+        check_rows(rows, self._valid)
         centered = self.view.gather(rows).astype(np.float64) - self.mu
         return (centered * self._inv[rows, None]).astype(np.float32)
 

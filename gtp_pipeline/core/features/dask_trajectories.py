@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from gtp_pipeline.core.features.trajectory import Scan, StoreTrajectories, Trajectories, mean_of_parts, merge_top
+from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
+from gtp_pipeline.core.features.trajectory import Scan, Trajectories, mean_of_parts, merge_top
 from gtp_pipeline.core.storage.atomic import is_local, storage_path
 
 logger = logging.getLogger(__name__)

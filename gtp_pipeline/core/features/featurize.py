@@ -41,14 +41,10 @@ from gtp_pipeline.core.features.per_example_grads import (
     tune_cpu_allocator,
 )
 from gtp_pipeline.core.features.projection import ProjectionConfig, Projector, make_projector
-from gtp_pipeline.core.storage.feature_store import FeatureStore, StoreMeta
-from gtp_pipeline.core.training.lora_train import (
-    CheckpointInfo,
-    LoraTrainConfig,
-    load_lora_model,
-    load_moments,
-    make_lora_model,
-)
+from gtp_pipeline.core.storage.feature_store import FeatureStore
+from gtp_pipeline.core.storage.store_records import StoreMeta
+from gtp_pipeline.core.training.checkpoints import CheckpointInfo
+from gtp_pipeline.core.training.lora_train import LoraTrainConfig, load_lora_model, load_moments, make_lora_model
 from gtp_pipeline.core.training.text import (
     Encoded,
     Excluded,

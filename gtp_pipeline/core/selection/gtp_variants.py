@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gtp_pipeline.core.features.centered import CenteredTrajectories
-from gtp_pipeline.core.features.trajectory import TargetTrajectory, Trajectories
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import Trajectories
 from gtp_pipeline.core.selection.joint_pursuit import joint_gtp
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection, gtp
 

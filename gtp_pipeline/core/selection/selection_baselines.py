@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from gtp_pipeline.core.features.trajectory import TargetTrajectory, Trajectories
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import Trajectories
 from gtp_pipeline.core.selection.nnls import NNLSError, nnls_gram
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection, check_budget, check_target
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gtp_pipeline.core.features.trajectory import TargetTrajectory, Trajectories
+from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
+from gtp_pipeline.core.features.trajectory import Trajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant, select_gtp
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.selection.selection_baselines import less_topk, random_k

@@ -12,11 +12,7 @@ Two uses of the same loop:
   (b) fine-tuning on a selection: uniform weights by default, optional per-example loss weights (normalized
       to mean 1), or a given `stream` of example indices (the ClusterClip sampling plan) instead of epochs.
 
-A checkpoint is a folder `checkpoint-<step>` written atomically (temp folder, then rename):
-  adapter_model.safetensors + adapter_config.json   peft's format: `PeftModel.from_pretrained` reads it
-  optimizer.safetensors   "exp_avg/<param>", "exp_avg_sq/<param>" for every LoRA parameter (named_parameters)
-  trainer_state.json      step, epoch, lr_weight (mean LR over the steps since the previous checkpoint, LESS's
-                          eta_t; unnormalized), mean_loss, loss history, config, data identity, model_id
+A checkpoint (its files, reading and verifying them) is core/training/checkpoints.py.
 Resume: a rerun with the same inputs loads the last checkpoint and continues the same batch plan (the order
 is a function of the seed; dropout is reseeded per step), so it ends with the same adapter as an uninterrupted
 run. A checkpoint folder written for other data, config or model is refused (CheckpointMismatchError).
@@ -28,10 +24,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,8 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 
 from gtp_pipeline.core.features.per_example_grads import (
     autocast,
@@ -52,29 +45,21 @@ from gtp_pipeline.core.features.per_example_grads import (
     tune_cpu_allocator,
     weight_sharing_copy,
 )
+from gtp_pipeline.core.training.checkpoints import (
+    ADAPTER_FILE,
+    MOMENTS_FILE,
+    STATE_FILE,
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointMismatchError,
+    list_checkpoints,
+    save_checkpoint,
+)
 from gtp_pipeline.core.training.text import Encoded, Excluded, collate, encode_example, pad_id
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
-MOMENTS_FILE = "optimizer.safetensors"
-CHECKPOINT_PREFIX = "checkpoint-"
 FORMAT_VERSION = 1
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint folder holds a run with another config, data or model than the one asked for."""
-
-    def __init__(self, path: str | Path, key: str, expected: Any, found: Any):
-        self.path, self.key, self.expected, self.found = str(path), key, expected, found
-        super().__init__(
-            f"checkpoint {path} was written with {key}={found!r}, but this run has {key}={expected!r}. "
-            f"Use another output folder, or delete it to retrain."
-        )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is unreadable or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -110,18 +95,6 @@ class LoraTrainConfig:
             bias="none",
             task_type="CAUSAL_LM",
         )
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What callers (assets) need of a checkpoint; `lr_weight` is unnormalized (see `lr_weights`)."""
-
-    path: str
-    step: int
-    epoch: float
-    lr_weight: float
-    mean_loss: float
-    checkpoint_id: str  # hash of the adapter weights: goes into feature-store identities
 
 
 @dataclass(frozen=True)
@@ -170,8 +143,8 @@ def make_lora_model(base_model: torch.nn.Module, config: LoraTrainConfig) -> Pef
 def load_lora_model(base_model: torch.nn.Module, checkpoint: str | Path | CheckpointInfo) -> PeftModel:
     """The checkpoint's adapter over base_model's weights (shared, never modified), LoRA parameters trainable."""
     path = Path(checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint)
-    if not (path / "adapter_model.safetensors").is_file():
-        raise CheckpointError(f"{path} has no adapter_model.safetensors")
+    if not (path / ADAPTER_FILE).is_file():
+        raise CheckpointError(f"{path} has no {ADAPTER_FILE}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a deprecated transformers helper
         # an adapter folder is a JSON config and safetensors weights: peft runs no code from it (said explicitly)
@@ -192,26 +165,6 @@ def load_moments(checkpoint: str | Path | CheckpointInfo, model: torch.nn.Module
     m = torch.cat([tensors[f"exp_avg/{n}"].reshape(-1).float() for n in layout.names])  # (P,)
     v = torch.cat([tensors[f"exp_avg_sq/{n}"].reshape(-1).float() for n in layout.names])  # (P,)
     return m, v
-
-
-def read_checkpoint(path: str | Path) -> CheckpointInfo:
-    path = Path(path)
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable {STATE_FILE}: {err}") from err
-    return CheckpointInfo(
-        str(path), state["step"], state["epoch"], state["lr_weight"], state["mean_loss"], state["checkpoint_id"]
-    )
-
-
-def list_checkpoints(out_dir: str | Path) -> list[CheckpointInfo]:
-    """Complete checkpoints under out_dir, by step (temp folders of a killed save are ignored)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    paths = sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-    return sorted((read_checkpoint(p) for p in paths), key=lambda c: c.step)
 
 
 def _batch_plan(n: int, config: LoraTrainConfig, stream: Sequence[int] | None) -> tuple[list[list[int]], list[int]]:
@@ -239,57 +192,6 @@ def _data_identity(ids: Sequence[str], weights: np.ndarray | None, stream: Seque
     if stream is not None:
         digest.update(np.asarray(stream, dtype=np.int64).tobytes())
     return digest.hexdigest()[:32]
-
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why a saved checkpoint cannot be trusted (unreadable state, adapter not the one recorded, a non-finite loss or
-    weight), or None."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        info = read_checkpoint(path)
-        adapter = load_file(str(path / "adapter_model.safetensors"))
-    except Exception as err:  # a damaged file raises whatever its reader raises
-        return f"unreadable: {type(err).__name__}: {err}"
-    if _adapter_hash(path) != info.checkpoint_id:
-        return f"adapter hash {_adapter_hash(path)} is not the recorded {info.checkpoint_id}"
-    if not math.isfinite(info.mean_loss):
-        return f"mean training loss {info.mean_loss}"
-    bad = sorted(name for name, t in adapter.items() if not torch.isfinite(t).all())
-    return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
-
-
-def _adapter_hash(path: Path) -> str:
-    return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
-
-
-def _save_checkpoint(
-    out_dir: Path, model: PeftModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> CheckpointInfo:
-    tmp = out_dir / f".tmp-{CHECKPOINT_PREFIX}{state['step']:06d}-{uuid.uuid4().hex[:8]}"
-    final = out_dir / f"{CHECKPOINT_PREFIX}{state['step']:06d}"
-    tmp.mkdir(parents=True)
-    try:
-        adapter = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(adapter, str(tmp / "adapter_model.safetensors"))
-        model.peft_config["default"].save_pretrained(str(tmp))
-        moments = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                s = optimizer.state[p]
-                moments[f"exp_avg/{name}"] = s["exp_avg"].detach().cpu().contiguous()
-                moments[f"exp_avg_sq/{name}"] = s["exp_avg_sq"].detach().cpu().contiguous()
-        save_file(moments, str(tmp / MOMENTS_FILE))
-        state = {**state, "checkpoint_id": _adapter_hash(tmp)}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists():  # a stale copy of the same step (identity already checked): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return read_checkpoint(final)
 
 
 def train_lora(
@@ -435,7 +337,7 @@ def train_lora(
                 "n_examples": len(encoded),
                 "n_excluded": len(excluded),
             }
-            checkpoints.append(_save_checkpoint(out_dir, model, optimizer, state))
+            checkpoints.append(save_checkpoint(out_dir, model, optimizer, state))
             prev_save = step + 1
             logger.info("saved %s (loss %.4f)", checkpoints[-1].path, checkpoints[-1].mean_loss)
         if progress is not None:  # after the save: a callback that stops the run never costs a checkpoint
