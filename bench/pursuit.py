@@ -38,7 +38,8 @@ import torch
 
 from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
 from gtp_pipeline.core.features.target_trajectory import build_target
-from gtp_pipeline.core.selection.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
+from gtp_pipeline.core.selection.omp_baselines import cholesky_omp, gradmatch_omp
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection, less_topk
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 from gtp_pipeline.core.storage.store_records import StoreMeta

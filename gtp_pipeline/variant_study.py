@@ -60,11 +60,11 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     """The study on what `instance` materialized with `defs`; returns the path of study.md."""
     import polars as pl
 
-    from gtp_pipeline.assets.evaluation import eval_inputs
     from gtp_pipeline.assets.gradients import lora_config
     from gtp_pipeline.assets.selection import open_trajectories
     from gtp_pipeline.core.config.profiles import budget_count, budget_label
     from gtp_pipeline.core.evaluation.evaluate import evaluate
+    from gtp_pipeline.core.evaluation.scoring import eval_inputs
     from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, scores_key, study_markdown
     from gtp_pipeline.core.storage.atomic import write_bytes, write_parquet
     from gtp_pipeline.core.training.lora_train import load_lora_model, train_lora

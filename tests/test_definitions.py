@@ -118,3 +118,20 @@ print(sorted({k.keys_by_dimension["run"] for k in finetune_partitions.get_partit
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:4] == ["True", "True", "True True", "['toy-20pct', 'toy-5pct']"]
+
+
+def test_a_budget_override_in_run_config_is_refused_naming_the_key():
+    """Budgets come from the profile or configuration file, which every stage reads; a per-run override that only
+    the selections would see is refused by Dagster's config check before anything runs."""
+    import dagster as dg
+    import pytest
+
+    from gtp_pipeline.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance, pytest.raises(dg.DagsterInvalidConfigError, match="budgets"):
+        job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("gtp_selection")],
+            run_config={"ops": {"gtp_selection": {"config": {"budgets": [0.1]}}}},
+        )

@@ -16,58 +16,34 @@ from gtp_pipeline.resources.profile import ProfileResource
 from gtp_pipeline.resources.storage import ArtifactStore
 
 EVALUATION_CODE_VERSION = "2"  # 2: per-example results (evaluation/per_example.parquet) and the report's verdict
-CACHE_FORMAT = "v2"  # v2 caches hold per-example scores; older caches lack them, so they are recomputed
 PER_EXAMPLE_FILE = "per_example.parquet"
 ALL_FINETUNES = [dg.AssetDep("finetuned_model", partition_mapping=dg.AllPartitionMapping())]
 
 
-def eval_inputs(target_examples, settings):
-    """The target's test examples as EvalExamples, and the scoring settings every evaluation of them uses."""
-    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample
+def _models_to_score(instance, loaded, store: ArtifactStore) -> list:
+    """The base model, then the latest materialization of each finetuned_model partition (its adapter read back
+    through the artifact store, pulled first when the root is remote)."""
+    from contextlib import contextmanager, nullcontext
 
-    test = target_examples.filter(target_examples["split"] == "test")
-    if test.height == 0:
-        raise ValueError("the target has no test examples (n_test=0): nothing to evaluate on")
-    examples = [
-        EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
-        for r in test.iter_rows(named=True)
-    ]
-    config = EvalConfig(
-        max_len=settings.gradients.max_len,
-        batch_size=settings.budgets.eval_batch_size,
-        precision=settings.gradients.train_precision,  # evaluate in the precision the models were trained in
-    )
-    return examples, config
+    from gtp_pipeline.core.evaluation.scoring import BASE_SEED, ModelToScore
+    from gtp_pipeline.core.training.lora_train import load_lora_model
 
+    @contextmanager
+    def adapter(meta: dict):
+        if "adapter_folder" not in meta:  # recorded before adapters were read through the store: a local path
+            yield load_lora_model(loaded.model, meta["adapter"])
+            return
+        with store.local_folder(*meta["adapter_folder"].split("/")) as folder:
+            yield load_lora_model(loaded.model, folder / meta["adapter_checkpoint"])
 
-def _per_example_rows(run: dict, method: str, budget: str, result: dict) -> list[dict]:
-    """One row per test example of one model: what the report's paired comparisons resample."""
-    return [
-        {
-            "run": run["run"],
-            "method": method,
-            "budget": budget,
-            "seed": run["seed"],
-            "example_id": e["example_id"],
-            "loss": e["loss"],
-            "correct": e["correct"],
-        }
-        for e in result["per_example"]
-    ]
-
-
-def _latest_finetunes(instance) -> list[dict]:
-    """The latest materialization of each finetuned_model partition: run, seed and the metadata it recorded."""
-    records = instance.fetch_materializations(dg.AssetKey("finetuned_model"), limit=10_000).records  # newest first
+    models = [ModelToScore("base", BASE_SEED, f"base-{loaded.model_id}", lambda: nullcontext(loaded.model))]
     latest: dict[str, dict] = {}
-    for record in records:
-        mat = record.asset_materialization
-        if mat.partition in latest:
-            continue
-        meta = {k: v.value for k, v in mat.metadata.items()}
-        key = RunKey.parse(mat.partition)
-        latest[mat.partition] = {"run": key.run, "seed": key.seed, **meta}
-    return sorted(latest.values(), key=lambda r: (r["run"], r["seed"]))
+    for record in instance.fetch_materializations(dg.AssetKey("finetuned_model"), limit=10_000).records:  # newest 1st
+        latest.setdefault(record.asset_materialization.partition, record.asset_materialization.metadata)
+    for partition in sorted(latest, key=lambda p: (RunKey.parse(p).run, RunKey.parse(p).seed)):
+        meta, key = {k: v.value for k, v in latest[partition].items()}, RunKey.parse(partition)
+        models.append(ModelToScore(key.run, key.seed, meta["checkpoint_id"], lambda m=meta: adapter(m), meta))
+    return models
 
 
 @dg.asset(
@@ -88,113 +64,44 @@ def evaluation(
     compute: ComputeResource,
 ):
     """Target test loss (mean response-token NLL) and multiple-choice accuracy of the base model and every fine-tune."""
-    import json
-
-    import polars as pl
-
-    from gtp_pipeline.core.evaluation.evaluate import evaluate
-    from gtp_pipeline.core.storage.atomic import write_bytes, write_parquet
-    from gtp_pipeline.core.training.lora_train import load_lora_model
+    from gtp_pipeline.core.evaluation.scoring import eval_inputs, score_models
+    from gtp_pipeline.core.storage.atomic import write_parquet
 
     settings = profile.settings()
-    device = compute.configure_torch()
     examples, eval_config = eval_inputs(target_examples, settings)
     loaded = model.load()
-    test_key = target_version(target_examples)
-    runs = [
-        {"run": "base", "seed": -1, "checkpoint_id": f"base-{loaded.model_id}", "adapter": None}
-    ] + _latest_finetunes(context.instance)
-    rows, per_example = [], []
-    for run in runs:
-        cache = store.path_for(
-            "evaluation", "cache", f"{run['checkpoint_id']}-{test_key}-{eval_config.precision}-{CACHE_FORMAT}.json"
-        )
-        if cache.exists():  # evaluated by an earlier run: results are a function of (adapter, test set)
-            result = json.loads(cache.read_text())
-        else:
-            if run["adapter"] is None:
-                net = loaded.model
-            elif "adapter_folder" not in run:  # recorded before adapters were read through the store
-                net = load_lora_model(loaded.model, run["adapter"])
-            else:
-                with store.local_folder(*run["adapter_folder"].split("/")) as folder:  # pulled if the root is remote
-                    net = load_lora_model(loaded.model, folder / run["adapter_checkpoint"])
-            scored = evaluate(net, loaded.tokenizer, examples, eval_config, device)
-            result = {
-                "loss": scored.loss,
-                "accuracy": scored.accuracy,
-                "n_loss": scored.n_loss,
-                "n_choice": scored.n_choice,
-                "excluded": len(scored.excluded),
-                "per_example": [
-                    {"example_id": e["example_id"], "loss": e["loss"], "correct": e["correct"]}
-                    for e in scored.per_example
-                ],
-            }
-            write_bytes(json.dumps(result).encode(), cache)
-            del net
-        key = RunKey.from_run(run["run"], run["seed"])
-        method, budget = key.method, key.budget_column
-        rows.append(
-            {
-                "run": run["run"],
-                "method": method,
-                "budget": budget,
-                "seed": run["seed"],
-                "loss": result["loss"],
-                "accuracy": result["accuracy"],
-                "n_test": result["n_loss"],
-                "n_choice": result["n_choice"],
-                "examples": run.get("examples"),
-                "draws": run.get("draws"),
-                "train_seconds": run.get("train_seconds"),
-                "checkpoint_id": run["checkpoint_id"],
-            }
-        )
-        per_example.extend(_per_example_rows(run, method, budget, result))
-        context.log.info(f"{run['run']} seed {run['seed']}: loss {result['loss']:.4f}, accuracy {result['accuracy']}")
-    table = pl.DataFrame(
-        rows,
-        schema_overrides={
-            "accuracy": pl.Float64,
-            "examples": pl.Int64,
-            "draws": pl.Int64,
-            "train_seconds": pl.Float64,
-        },
+    table, per_example = score_models(
+        _models_to_score(context.instance, loaded, store),
+        loaded.tokenizer,
+        examples,
+        eval_config,
+        compute.configure_torch(),
+        store.path_for("evaluation", "cache"),
+        target_version(target_examples),
+        context.log.info,
     )
-    per_example_path = write_parquet(
-        pl.DataFrame(
-            per_example,
-            schema={
-                "run": pl.String,
-                "method": pl.String,
-                "budget": pl.String,
-                "seed": pl.Int64,
-                "example_id": pl.String,
-                "loss": pl.Float64,
-                "correct": pl.Boolean,
-            },
-        ),
-        store.path_for("evaluation", PER_EXAMPLE_FILE),
-    )
+    per_example_path = write_parquet(per_example, store.path_for("evaluation", PER_EXAMPLE_FILE))
+    files = f" ({', '.join(Path(f).name for f in settings.target.files)})" if settings.target.files else ""
     return dg.Output(
         table,
         metadata={
             "per_example": dg.MetadataValue.path(str(per_example_path)),
-            "per_example_rows": len(per_example),
+            "per_example_rows": per_example.height,
             "test_examples": len(examples),
-            "target": settings.target.name
-            + (f" ({', '.join(Path(f).name for f in settings.target.files)})" if settings.target.files else ""),
-            "models": len(rows),
+            "target": settings.target.name + files,
+            "models": table.height,
             "results": metadata_table(  # the base model has no fine-tune seed: an empty cell, not its -1 sentinel
                 [
-                    {**{k: r[k] for k in ("run", "loss", "accuracy")}, "seed": r["seed"] if r["seed"] >= 0 else None}
-                    for r in rows
+                    {**r, "seed": r["seed"] if r["seed"] >= 0 else None}
+                    for r in table.select(RESULT_COLUMNS).to_dicts()
                 ],
-                ["run", "seed", "loss", "accuracy"],
+                RESULT_COLUMNS,
             ),
         },
     )
+
+
+RESULT_COLUMNS = ["run", "seed", "loss", "accuracy"]
 
 
 def _read_per_example(store: ArtifactStore, evaluation):

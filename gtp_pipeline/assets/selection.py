@@ -20,9 +20,9 @@ ALL_CHECKPOINTS = [
 
 
 class SelectionConfig(dg.Config):
-    """Run-config knobs; empty/zero values mean the profile's settings."""
+    """Run-config knobs of one selection run. Budgets are not among them: they come from the profile or the
+    configuration file, which the ClusterClip plan, the fine-tune partitions and the report read as well."""
 
-    budgets: list[float] = []  # fractions of the pool (< 1) or counts (>= 1); [] = the profile's budgets
     target: str = "target"  # "target": the target task's dev gradients; "in_domain": the pool's mean trajectory
     accept_ratio: float = 0.5  # GTP gamma (core/selection/pursuit.py): lower = fewer passes, slightly higher residual
     swap_rounds: int = 1  # GTP refinement passes after the support is full
@@ -149,7 +149,7 @@ def _select_all(context, method, view, targets, ids, provenance, raw_corpus, pro
     b = target.vector
     corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
     frames, summary, curves, fill_notes = [], [], {}, []
-    for budget in config.budgets or list(profile.settings().budgets.budgets):
+    for budget in profile.settings().budgets.budgets:
         k = budget_count(budget, int(view.valid_mask().sum()))
         pconfig = PursuitConfig(
             budget=k,

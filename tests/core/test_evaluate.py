@@ -94,3 +94,42 @@ def test_bf16_evaluation_stays_close_to_fp32_and_leaves_the_model_fp32():
     bf16 = evaluate(loaded.model, loaded.tokenizer, examples, EvalConfig(max_len=64, precision="bf16"))
     assert bf16.loss == pytest.approx(fp32.loss, rel=0.01)
     assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_scoring_a_run_caches_each_model_once_and_tables_every_test_example(tmp_path):
+    from contextlib import nullcontext
+
+    from gtp_pipeline.core.evaluation.scoring import BASE_SEED, ModelToScore, score_models
+
+    opened: list[str] = []
+
+    def opener(name: str, logits: np.ndarray):
+        def open_model():
+            opened.append(name)
+            return nullcontext(known_model(logits))
+
+        return open_model
+
+    examples = [EvalExample("a", "Pick:", "yes", ("yes", "no"), 0), EvalExample("b", "Say", "blue")]
+    models = [
+        ModelToScore("base", BASE_SEED, "base-x", opener("base", np.zeros(VOCAB))),
+        ModelToScore("gtp-5pct", 1, "ckpt-1", opener("gtp", np.linspace(-1, 1, VOCAB)), {"examples": 7, "draws": 14}),
+    ]
+    score = lambda: score_models(models, ByT5Tokenizer(), examples, EvalConfig(max_len=64), "cpu", tmp_path, "t1")  # noqa: E731
+    table, per_example = score()
+    assert opened == ["base", "gtp"]
+    assert table["loss"][0] == pytest.approx(math.log(VOCAB), abs=1e-5)  # uniform model: log V per token
+    assert table.select("run", "method", "budget", "seed", "examples", "draws").rows() == [
+        ("base", "base", "-", -1, None, None),
+        ("gtp-5pct", "gtp", "5pct", 1, 7, 14),
+    ]
+    assert per_example.height == 4 and set(per_example["example_id"]) == {"a", "b"}
+    import polars as pl
+
+    means = per_example.group_by("run").agg(pl.col("loss").mean()).sort("run")["loss"].to_list()
+    assert means == pytest.approx(table.sort("run")["loss"].to_list())
+
+    again, _ = score()  # every result is cached: no model is loaded again, the table is the same
+    assert opened == ["base", "gtp"] and again.equals(table)
+    score_models(models[:1], ByT5Tokenizer(), examples[:1], EvalConfig(max_len=64), "cpu", tmp_path, "t2")
+    assert opened == ["base", "gtp", "base"]  # another test set is scored apart

@@ -8,7 +8,8 @@ from gtp_pipeline.core.features.sharded_trajectories import ShardedTrajectories
 from gtp_pipeline.core.features.store_trajectories import StoreTrajectories
 from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.nnls import CholeskySupport, NNLSError, nnls_gram
-from gtp_pipeline.core.selection.pursuit import PursuitConfig, cholesky_omp, gradmatch_omp, gtp
+from gtp_pipeline.core.selection.omp_baselines import cholesky_omp, gradmatch_omp
+from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection, less_topk, random_k
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 from gtp_pipeline.core.storage.store_records import StoreMeta

@@ -1,0 +1,118 @@
+"""Scoring every model of a run on the target's held-out test split: the test examples and settings, one cached
+result per (adapter, test set, precision), and the two tables the report reads (one row per model; one row per model
+and test example, which the paired verdicts resample)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from gtp_pipeline.core.config.run_key import RunKey
+from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
+from gtp_pipeline.core.storage.atomic import write_bytes
+
+CACHE_FORMAT = "v2"  # v2 caches hold per-example scores; older caches lack them, so they are recomputed
+BASE_SEED = -1  # the base model's row: it has no fine-tune seed
+
+
+@dataclass(frozen=True)
+class ModelToScore:
+    run: str  # "base" or a fine-tune's run name (core/config/run_key.py)
+    seed: int
+    checkpoint_id: str  # names the adapter's weights (or the base model), so a cached score is found again
+    open: Callable[[], AbstractContextManager[Any]]  # yields the model to score (loaded only on a cache miss)
+    facts: dict[str, Any] = field(default_factory=dict)  # what its fine-tune recorded: examples, draws, train_seconds
+
+
+def eval_inputs(target_examples, settings) -> tuple[list[EvalExample], EvalConfig]:
+    """The target's test examples, and the scoring settings every evaluation of them uses."""
+    test = target_examples.filter(target_examples["split"] == "test")
+    if test.height == 0:
+        raise ValueError("the target has no test examples (n_test=0): nothing to evaluate on")
+    examples = [
+        EvalExample(r["example_id"], r["prompt"], r["response"], tuple(r["choices"]), r["answer_index"])
+        for r in test.iter_rows(named=True)
+    ]
+    config = EvalConfig(
+        max_len=settings.gradients.max_len,
+        batch_size=settings.budgets.eval_batch_size,
+        precision=settings.gradients.train_precision,  # evaluate in the precision the models were trained in
+    )
+    return examples, config
+
+
+def cached_score(
+    model: ModelToScore, tokenizer, examples, config: EvalConfig, device, cache_dir, test_key: str
+) -> dict:
+    """The model's scores on the test set: read from cache_dir when an earlier run computed them (they are a function
+    of the adapter and the test set), else computed and cached."""
+    cache = cache_dir / f"{model.checkpoint_id}-{test_key}-{config.precision}-{CACHE_FORMAT}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    with model.open() as net:
+        scored = evaluate(net, tokenizer, examples, config, device)
+    result = {
+        "loss": scored.loss,
+        "accuracy": scored.accuracy,
+        "n_loss": scored.n_loss,
+        "n_choice": scored.n_choice,
+        "excluded": len(scored.excluded),
+        "per_example": [
+            {"example_id": e["example_id"], "loss": e["loss"], "correct": e["correct"]} for e in scored.per_example
+        ],
+    }
+    write_bytes(json.dumps(result).encode(), cache)
+    return result
+
+
+def score_models(
+    models: Sequence[ModelToScore],
+    tokenizer,
+    examples: Sequence[EvalExample],
+    config: EvalConfig,
+    device,
+    cache_dir,
+    test_key: str,
+    log: Callable[[str], None] = lambda _: None,
+):
+    """(the evaluation table: one row per model, the per-example table: one row per model and test example)."""
+    import polars as pl
+
+    rows, per_example = [], []
+    for model in models:
+        result = cached_score(model, tokenizer, examples, config, device, cache_dir, test_key)
+        key = RunKey.from_run(model.run, model.seed)
+        method, budget = key.method, key.budget_column
+        rows.append(
+            {
+                "run": model.run,
+                "method": method,
+                "budget": budget,
+                "seed": model.seed,
+                "loss": result["loss"],
+                "accuracy": result["accuracy"],
+                "n_test": result["n_loss"],
+                "n_choice": result["n_choice"],
+                **{k: model.facts.get(k) for k in ("examples", "draws", "train_seconds")},
+                "checkpoint_id": model.checkpoint_id,
+            }
+        )
+        per_example += [
+            {"run": model.run, "method": method, "budget": budget, "seed": model.seed, **e}
+            for e in result["per_example"]
+        ]
+        log(f"{model.run} seed {model.seed}: loss {result['loss']:.4f}, accuracy {result['accuracy']}")
+    numbers = {"accuracy": pl.Float64, "examples": pl.Int64, "draws": pl.Int64, "train_seconds": pl.Float64}
+    per_example_schema = {
+        "run": pl.String,
+        "method": pl.String,
+        "budget": pl.String,
+        "seed": pl.Int64,
+        "example_id": pl.String,
+        "loss": pl.Float64,
+        "correct": pl.Boolean,
+    }
+    return pl.DataFrame(rows, schema_overrides=numbers), pl.DataFrame(per_example, schema=per_example_schema)
