@@ -133,12 +133,12 @@ class _Follower:
                 if seen.get(run.run_id) != run.status.value:
                     seen[run.run_id] = run.status.value
                     rows.extend(_report_status(self.instance, run, self.log))
-            done = all(r.status.value in TERMINAL for r in runs) and bool(runs)
-            if backfill_id:
-                done = self.instance.get_backfill(backfill_id).status.value != "REQUESTED" and all(
-                    r.status.value in TERMINAL for r in runs
-                )
-            if done:
+            finished = all(r.status.value in TERMINAL for r in runs)
+            if backfill_id:  # a backfill may launch more runs until it leaves REQUESTED
+                finished = finished and self.instance.get_backfill(backfill_id).status.value != "REQUESTED"
+            else:
+                finished = finished and bool(runs)
+            if finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{run_id or 'backfill ' + str(backfill_id)} not finished after {self.timeout_s}s")

@@ -2,13 +2,14 @@
 
 import warnings
 
+import dagster as dg
+
 # Content-hash data versions on Output are how this pipeline keeps lineage; Dagster marks the parameter
 # beta. Silence that one warning, nothing else.
 warnings.filterwarnings("ignore", message=r"Parameter `data_version` of initializer `Output.__init__`")
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`")  # single-run backfills
 warnings.filterwarnings("ignore", message=r"Class `MultiToSingleDimensionPartitionMapping`")  # shards -> checkpoint
 
-import dagster as dg  # noqa: E402
 
 OWNER = "team:data-selection"  # the catalog's owner filter; a deployment puts its own team (or e-mail) here
 
