@@ -5,7 +5,8 @@
 Reads what the pipeline materialized for the profile (the corpus, the target's dev and test splits, the gradient
 stores of every checkpoint: run `make demo`, or the pipeline on your own data, first), selects with every method
 (`core/evaluation/variant_study.py` explains the specs), fine-tunes each selection with every seed using the profile's recipe,
-scores every test example, and writes under `<artifact root>/variant_study/<target>/`: selections.parquet (what each
+scores every test example (and, unless `--held-out-alignment no`, featurizes the test split at every checkpoint to
+say how each selection lines up with it: core/evaluation/alignment.py; selection never sees it), and writes under `<artifact root>/variant_study/<target>/`: selections.parquet (what each
 method picked, fitted vs fill, near-duplicates, sources), per_example.parquet, and study.md with the verdict
 (core/evaluation/verdict.py) and its forest plot. Interrupted, it resumes: finished runs are read back, a half-trained one
 continues from its last checkpoint. The base model and the full-pool fine-tunes depend only on the pool, so they
@@ -53,7 +54,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", default="", help="comma-separated fractions or counts; default: the profile's")
     p.add_argument("--seeds", default="0,1,2", help="fine-tune seeds of every selection")
     p.add_argument("--full-seeds", default="0", help="seeds of the full-pool fine-tune ('' to skip it)")
+    p.add_argument(
+        "--held-out-alignment",
+        default="yes",
+        choices=("yes", "no"),
+        help="featurize the target's test split to describe how each selection lines up with it (never selects)",
+    )
     return p.parse_args(argv)
+
+
+def held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr, profile, store, folder):
+    """The target trajectory of the test split (None if it has none): its examples featurized at every checkpoint
+    exactly as the dev examples are, into `folder` (resumed if there). It only describes selections."""
+    import numpy as np
+
+    from gtp_pipeline.assets.gradients import feature_config
+    from gtp_pipeline.assets.locations import corpus_version, resolve_checkpoint
+    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.features.target_trajectory import build_target
+    from gtp_pipeline.core.storage.feature_store import FeatureStore
+
+    test = target_examples.filter(target_examples["split"] == "test")
+    if test.height == 0:
+        return None
+    examples = list(zip(test["example_id"], test["prompt"], test["response"], strict=True))
+    stores = []
+    for key in keys:
+        checkpoint = resolve_checkpoint(store, corpus_version(raw_corpus), key, profile.checkpoint_dir)
+        path = folder / f"{key}.zarr"
+        identity = {"data_version": folder.name, "checkpoint": key}
+        config = feature_config(profile, "sgd")
+        featurize(
+            loaded.model, loaded.tokenizer, examples, path, checkpoint, config, loaded.model_id, identity, device
+        )
+        stores.append(FeatureStore.open(path))
+    subtask_of = dict(zip(test["example_id"], test["subtask"], strict=True))
+    subtasks = np.asarray([subtask_of[eid] for eid in stores[0].example_ids()])
+    return build_target(stores, lr, subtasks, candidates=view).vector
 
 
 def run_variant_study(defs, instance, args: argparse.Namespace):
@@ -82,7 +119,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
             f"the materialized target_examples are {materialized}, the profile's target is {settings.target.name!r}: "
             "run `python -m gtp_pipeline.demo --through target_gradients,gradient_trajectories` with this target first"
         )
-    view, target, per_example, keys, _, _ = open_trajectories(instance, raw_corpus, target_examples, profile, store)
+    view, target, per_example, keys, _, lr = open_trajectories(instance, raw_corpus, target_examples, profile, store)
     by_id = {r["example_id"]: r for r in raw_corpus.iter_rows(named=True)}
     corpus = [by_id[eid] for eid in view.stores[0].example_ids()]
     n_valid = int(view.valid_mask().sum())
@@ -114,6 +151,10 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     root = store.path_for("variant_study", study_folder_name(settings.target.name))
     shared = store.path_for("variant_study", SHARED_FOLDER)  # base and full-pool runs, whatever the target
     test_key = scores_key(f"{settings.target.name}|{loaded.model_id}", [t.example_id for t in tests])
+    held_out = None
+    if args.held_out_alignment == "yes":  # before any fine-tune touches the model
+        folder = root / "held_out_gradients" / test_key
+        held_out = held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr, profile, store, folder)
     print(
         f"variant study: profile={profile.name}, {len(corpus)} pool rows ({n_valid} valid), checkpoints {keys}, "
         f"{len(tests)} test examples, budgets {budgets}, methods {[m.name for m in methods]}, seeds {args.seeds}"
@@ -134,6 +175,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
         report=print,
         shared_root=shared,
         test_key=test_key,
+        held_out=held_out,
     )
     selections = pl.DataFrame(result.selections)
     scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})

@@ -52,6 +52,9 @@ def test_two_targets_share_the_pool_and_get_one_report(tmp_path):
             scores = pl.read_parquet(study / target / "per_example.parquet")
             assert set(scores["method"]) == {"base", "full", "topk", "random"}
             assert scores.filter(pl.col("method") == "full")["example_id"].n_unique() == 24  # that target's tests
+            picked = pl.read_parquet(study / target / "selections.parquet")
+            assert picked["test_mean_cosine"].is_not_null().all()  # the held-out split's gradients, featurized
+            assert len(list((study / target / "held_out_gradients").glob("*/*.zarr"))) == 2  # one per checkpoint
         report = (study / "multi_target.md").read_text()
         assert "# Several targets, one pool: social_iqa, gsm8k" in report
         assert "**social_iqa**" in report and "**gsm8k**" in report and "Not yet studied" not in report

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
-from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, study_markdown
+from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, select, study_markdown
 from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
 from gtp_pipeline.core.features.trajectory import DenseTrajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant
@@ -38,7 +38,6 @@ def test_method_specs_parse_into_variants():
 
 
 def test_in_domain_matches_the_pool_mean_and_pursuit_settings_reach_the_pursuit():
-    from gtp_pipeline.core.evaluation.variant_study import select
     from gtp_pipeline.core.selection.pursuit import PursuitConfig, gtp
 
     view, target, per_example, _ = pool(n=60, d=16)
@@ -97,13 +96,16 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
             {"example_id": r["example_id"], "loss": r["loss"], "correct": r["correct"]} for r in scored.per_example
         ]
 
-    methods = [parse_method(m) for m in ("gtp", "gtp+weights", "topk", "random")]
+    methods = [parse_method(m) for m in ("gtp", "gtp+weights", "gtp+swaps=0", "topk", "random")]
+    same = select(methods[0], view, target, per_example, 4).indices
+    assert np.array_equal(select(methods[2], view, target, per_example, 4).indices, same)  # a twin of gtp
     args = (view, target, per_example, corpus, methods, [("n4", 4)], [0, 1], [0], tmp_path, finetune, score)
-    result = run_study(*args)
-    assert len(calls) == 1 + 1 + len(methods) * 2  # base, full, every method x seed
+    held_out = target.vector + 0.1  # stands in for the test split's gradient: it only describes selections
+    result = run_study(*args, held_out=held_out)
+    assert len(calls) == 1 + 1 + (len(methods) - 1) * 2  # base, full, every method x seed; the twin trained once
     assert calls[0] == ((), -1) and calls[-1] == (tuple(range(len(corpus))), 0)  # base first, the long full run last
     scores = pl.DataFrame(result.per_example, schema_overrides={"loss": pl.Float64, "correct": pl.Boolean})
-    assert scores.height == len(calls) * len(tests)
+    assert scores.height == (len(calls) + 2) * len(tests)  # the twin has rows of its own
     assert (
         scores.filter(pl.col("method") == "full")["loss"].mean()
         < scores.filter(pl.col("method") == "base")["loss"].mean()
@@ -115,11 +117,17 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
     assert by_method["topk"]["fitted"] is None
     assert by_method["topk"]["jaccard_topk"] is None and by_method["gtp"]["jaccard_topk"] is not None
     assert "counting" in by_method["gtp"]["sources"]
+    for r in result.selections:  # top-k has the best mean cosine with the target it ranked by
+        assert -1 <= r["dev_sum_cosine"] <= 1 and -1 <= r["test_mean_cosine"] <= 1
+        assert r["dev_mean_cosine"] <= by_method["topk"]["dev_mean_cosine"] + 1e-9
+    assert by_method["gtp"]["test_sum_cosine"] != by_method["gtp"]["dev_sum_cosine"]
 
     calls.clear()
-    again = run_study(*args)  # everything finished: read back, nothing trained or scored again
+    again = run_study(*args, held_out=held_out)  # everything finished: read back, nothing trained or scored again
     assert calls == [] and again.per_example == result.per_example
 
+    twin = scores.filter(pl.col("method") == "gtp+swaps=0").drop("run", "method")
+    assert twin.equals(scores.filter(pl.col("method") == "gtp").drop("run", "method"))  # its scores, read back
     markdown, plots = study_markdown(pl.DataFrame(result.selections), scores, "counting", "python -m ...")
     for section in ("## What each method picked", "## Verdict", "## Which method for my data"):
         assert section in markdown

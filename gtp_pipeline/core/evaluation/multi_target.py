@@ -10,6 +10,7 @@ from typing import Any
 
 from gtp_pipeline.core.evaluation.markdown import markdown_table
 from gtp_pipeline.core.evaluation.report import forest_of, gap_table, verdict_table
+from gtp_pipeline.core.evaluation.variant_study import ALIGNMENT_COLUMNS
 from gtp_pipeline.core.evaluation.verdict import compare_methods, gap_closed_table, recommend
 
 METRIC = "loss"  # every target has a loss; accuracy is undefined for generative targets (each study.md has it)
@@ -73,6 +74,9 @@ def _picked(selections: Mapping[str, Any]) -> list[dict[str, Any]]:
         "fitted",
         "fill",
         "relative_residual",
+        "dev_mean_cosine",
+        "test_mean_cosine",
+        "test_sum_cosine",
         "near_duplicates",
         "jaccard_topk",
         "sources",
@@ -112,7 +116,8 @@ def multi_target_markdown(
         _by_target(gaps, gap_table) or "_Needs the base model and the full-pool fine-tune scored on each target._",
         "## What each method picked",
         "fitted: chosen by GTP's joint fit; fill: the rest of its budget (de-duplicated). near_duplicates: picks "
-        "whose trajectory has cosine >= 0.95 with an earlier pick. jaccard_topk: overlap with top-k's picks.",
+        "whose trajectory has cosine >= 0.95 with an earlier pick. jaccard_topk: overlap with top-k's picks. "
+        + ALIGNMENT_COLUMNS,
         markdown_table(_picked(selections)) if selections else "_No selections yet._",
         "## Which method for my data",
         "\n".join(advice) or "_No comparison to base a recommendation on._",

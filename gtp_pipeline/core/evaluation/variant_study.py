@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.config.run_key import BASE, BASE_BUDGET, FULL, FULL_BUDGET
+from gtp_pipeline.core.evaluation.alignment import alignment
 from gtp_pipeline.core.evaluation.markdown import markdown_table
 from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
 from gtp_pipeline.core.features.trajectory import Trajectories
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 
 GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "in_domain", "centered", "target_fill", "weights")
 GTP_SETTINGS = {"swaps": ("swap_rounds", int), "pool_factor": ("pool_factor", float)}  # option=value -> PursuitConfig
+ALIGNMENT_COLUMNS = (
+    "dev_mean_cosine: the mean cosine of the picks with the target (what an equal-weight fine-tune gains to first "
+    "order; top-k maximizes it); dev_sum_cosine: the cosine of their sum with it (what a joint fit covers); test_*: "
+    "the same against the gradient of the target's held-out test split, which selection never sees."
+)
 NEAR_DUPLICATE_COSINE = 0.95  # the threshold GTP's fill de-duplicates at (PursuitConfig.fill_max_cosine)
 
 
@@ -114,10 +120,16 @@ def select(
 
 
 def selection_stats(
-    view: Trajectories, selection: Selection, target: np.ndarray, corpus_rows: list[dict], reference: set[str] | None
+    view: Trajectories,
+    selection: Selection,
+    target: np.ndarray,
+    corpus_rows: list[dict],
+    reference: set[str] | None,
+    held_out: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What a selection is made of: fitted vs fill, how well it reaches the target, near-duplicates, sources,
-    lengths, weight concentration, and overlap with a reference selection (top-k)."""
+    """What a selection is made of: fitted vs fill, how well it reaches the target, how it lines up with the target
+    (and with `held_out`, the target's test-split gradient, if given: core/evaluation/alignment.py), near-duplicates,
+    sources, lengths, weight concentration, and overlap with a reference selection (top-k)."""
     k = selection.indices.size
     joint = selection.method not in ("less_topk", "random")  # ranked methods have no fit to saturate
     _, residual = evaluate_selection(view, selection.indices, target)
@@ -134,12 +146,16 @@ def selection_stats(
     ids = {r["example_id"] for r in corpus_rows}
     w = np.asarray(selection.weights, dtype=np.float64)
     top_weight_share = float(np.sort(w)[::-1][: max(1, k // 10)].sum() / w.sum()) if w.sum() > 0 else float("nan")
+    lined_up = {f"dev_{name}": round(v, 4) for name, v in alignment(rows, target).items()}
+    if held_out is not None:
+        lined_up |= {f"test_{name}": round(v, 4) for name, v in alignment(rows, held_out).items()}
     return {
         "k": k,
         "fitted": k - selection.fill if joint else None,
         "fill": selection.fill if joint else None,
         "stop": selection.stop_reason,
         "relative_residual": round(residual / float(np.linalg.norm(target)), 4),
+        **lined_up,
         "near_duplicates": dups["near"],
         "exact_duplicates": dups["exact"],
         "jaccard_topk": round(len(ids & reference) / len(ids | reference), 3) if reference is not None else None,
@@ -157,6 +173,16 @@ def run_folder(root: Path, budget: str, method: str, seed: int, example_ids: Seq
     if weights is not None:
         h.update(np.asarray(weights, dtype=np.float64).round(8).tobytes())
     return root / budget / method / f"seed{seed}-{h.hexdigest()[:12]}"
+
+
+def finished_twin(folder: Path, test_key: str = "") -> Path | None:
+    """A finished run of another method at the same budget with the same name: the same examples, weights and seed
+    (run_folder), so the same fine-tune. Variants that pick identically are trained once."""
+    cache = f"scores-{test_key}.json" if test_key else "scores.json"
+    for other in sorted(folder.parent.parent.glob(f"*/{folder.name}")):
+        if other != folder and (other / cache).exists():
+            return other
+    return None
 
 
 def scores_key(target_name: str, example_ids: Sequence[str]) -> str:
@@ -217,6 +243,7 @@ def run_study(
     report: Callable[[str], None] = log.info,
     shared_root: Path | None = None,
     test_key: str = "",
+    held_out: np.ndarray | None = None,
 ) -> StudyResult:
     """Select with every method at every (label, k) budget, fine-tune each with every seed, score every test example.
 
@@ -225,6 +252,7 @@ def run_study(
     returns per-example dicts with example_id, loss and correct. The base model is scored as finetune([], ...).
     The base model and the full-pool fine-tunes depend on the pool only: they live under `shared_root` (default
     `root`), so studies of several targets on one pool train them once; `test_key` keeps their scores apart.
+    `held_out` (D,), the target trajectory of the test split, only describes the selections (never selects).
     The full-pool fine-tunes, the longest runs, go last, so an interrupted study has its selections' results.
     """
     start = time.perf_counter()
@@ -246,7 +274,7 @@ def run_study(
         for m in methods:
             sel = chosen[m.name]
             picked = [corpus[i] for i in sel.indices]
-            stats = selection_stats(view, sel, b, picked, topk_ids if m.name != "topk" else None)
+            stats = selection_stats(view, sel, b, picked, topk_ids if m.name != "topk" else None, held_out)
             selections.append({"budget": label, "method": m.name, **stats})
             fit = f"{stats['fitted']} fitted + {stats['fill']} fill, " if stats["fitted"] is not None else ""
             report(f"{m.name} @ {label}: {fit}{stats['sources']}")
@@ -260,7 +288,7 @@ def run_study(
                 def train(f: Path, r=rows_picked, w=weights, s=seed):
                     return finetune(r, w, s, f)
 
-                rows = train_and_score(folder, train, score, test_key)
+                rows = train_and_score(finished_twin(folder, test_key) or folder, train, score, test_key)
                 record(f"{m.name}-{label}", m.name, label, seed, rows)
                 report(f"{m.name} @ {label} seed {seed}: mean loss {np.nanmean([r['loss'] for r in rows]):.4f}")
     all_rows = [i for i in range(len(corpus)) if view.valid_mask()[i]]
@@ -299,7 +327,8 @@ def study_markdown(selections, scores, target_name: str, command: str) -> tuple[
             "fitted: chosen by the joint fit (weight > 0); fill: the rest of the budget. relative_residual: how far "
             "the NNLS fit on the selection stays from the target (1 = no closer than nothing). near_duplicates: "
             "selected examples whose trajectory has cosine >= 0.95 with an earlier pick. jaccard_topk: overlap "
-            "with top-k's picks. top10pct_weight_share: share of the total weight on the top 10% of picks.",
+            "with top-k's picks. top10pct_weight_share: share of the total weight on the top 10% of picks. "
+            f"{ALIGNMENT_COLUMNS}",
             markdown_table(selections.to_dicts()),
             "## Mean over seeds",
             markdown_table(means.to_dicts()),
