@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 import scipy.stats
 
+from gtp_pipeline.core.evaluation.recommendation import recommend
 from gtp_pipeline.core.evaluation.verdict import (
     BootstrapInterval,
     compare_methods,
     gap_closed,
     gap_closed_table,
     paired_bootstrap,
-    recommend,
     verdict,
 )
 

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from gtp_pipeline.core.evaluation.markdown import markdown_table
+from gtp_pipeline.core.evaluation.recommendation import recommend
 from gtp_pipeline.core.evaluation.report import forest_of, gap_table, verdict_table
 from gtp_pipeline.core.evaluation.variant_study import ALIGNMENT_COLUMNS
-from gtp_pipeline.core.evaluation.verdict import compare_methods, gap_closed_table, recommend
+from gtp_pipeline.core.evaluation.verdict import compare_methods, gap_closed_table
 
 METRIC = "loss"  # every target has a loss; accuracy is undefined for generative targets (each study.md has it)
 REFERENCE = "topk"

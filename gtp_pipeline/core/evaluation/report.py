@@ -5,7 +5,8 @@ markdown report with one summary table (mean and standard deviation over fine-tu
 score vs budget per method, composition of each selection by source, overlap between methods, and
 exact duplicates chosen. Given per-example scores, it adds a verdict: paired bootstrap intervals of each
 method against the reference, the share of the base-to-full gap each selection closes, a forest plot, and
-a recommendation that claims no more than the intervals support (core/evaluation/verdict.py).
+a recommendation that claims no more than the intervals support (core/evaluation/verdict.py and
+recommendation.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from gtp_pipeline.core.evaluation.plots import bar_png, forest_png, heatmap_png, lines_png, lines_svg, stacked_bar_png
-from gtp_pipeline.core.evaluation.verdict import METRICS, compare_methods, gap_closed_table, recommend
+from gtp_pipeline.core.evaluation.recommendation import recommend
+from gtp_pipeline.core.evaluation.verdict import METRICS, compare_methods, gap_closed_table
 from gtp_pipeline.core.ingest.corpus import prompt_key
 
 METHOD_ORDER = ("base", "full", "gtp", "topk", "random", "clusterclip")
