@@ -72,12 +72,13 @@ def held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr,
     from gtp_pipeline.assets.locations import corpus_version, resolve_checkpoint
     from gtp_pipeline.core.features.featurize import featurize
     from gtp_pipeline.core.features.target_trajectory import build_target
+    from gtp_pipeline.core.ingest.records import text_examples
     from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     test = target_examples.filter(target_examples["split"] == "test")
     if test.height == 0:
         return None
-    examples = list(zip(test["example_id"], test["prompt"], test["response"], strict=True))
+    examples = text_examples(test)
     stores = []
     for key in keys:
         checkpoint = resolve_checkpoint(store, corpus_version(raw_corpus), key, profile.checkpoint_dir)
@@ -103,6 +104,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.core.evaluation.evaluate import evaluate
     from gtp_pipeline.core.evaluation.scoring import eval_inputs
     from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, scores_key, study_markdown
+    from gtp_pipeline.core.ingest.records import TextExample
     from gtp_pipeline.core.storage.atomic import write_bytes, write_parquet
     from gtp_pipeline.core.training.lora_train import load_lora_model, train_lora
 
@@ -135,7 +137,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     def finetune(rows, weights, seed, folder):
         if not rows:
             return loaded.model
-        examples = [(corpus[i]["example_id"], corpus[i]["prompt"], corpus[i]["response"]) for i in rows]
+        examples = [TextExample(corpus[i]["example_id"], corpus[i]["prompt"], corpus[i]["response"]) for i in rows]
         recipe = lora_config(settings, epochs, n_layers, seed)
         result = train_lora(
             loaded.model, loaded.tokenizer, examples, folder, recipe, loaded.model_id, weights=weights, device=device

@@ -1,7 +1,5 @@
 """ClusterClip stage: sentence embeddings, spherical k-means clusters, and the balanced sampling plans."""
 
-import time
-
 import dagster as dg
 
 from gtp_pipeline.assets.locations import centroids_name, corpus_version, embeddings_path
@@ -21,6 +19,17 @@ class ClusterConfig(dg.Config):
     max_iter: int = 0
     seed: int = -1
     precision: str = ""
+
+    def kmeans_config(self, settings):
+        """The profile's clustering settings (core's ClusterSettings) with these overrides, as core's KMeansConfig."""
+        from gtp_pipeline.core.clusterclip.kmeans import KMeansConfig
+
+        return KMeansConfig(
+            K=self.K or settings.K,
+            max_iter=self.max_iter or settings.max_iter,
+            seed=self.seed if self.seed >= 0 else settings.seed,
+            precision=self.precision or settings.precision,
+        )
 
 
 class PlanConfig(dg.Config):
@@ -93,83 +102,33 @@ def clusters(
     config: ClusterConfig,
 ):
     """Each pool example's spherical k-means cluster and cosine similarity to its centroid; centroids in Zarr."""
-    import numpy as np
-    import polars as pl
-    import zarr
-
-    from gtp_pipeline.core.clusterclip.kmeans import KMeansConfig, spherical_kmeans
+    from gtp_pipeline.core.clusterclip.pool_clusters import cluster_pool, write_centroids
     from gtp_pipeline.core.evaluation.plots import histogram_png, lines_png
     from gtp_pipeline.core.storage.feature_store import FeatureStore
 
-    settings = profile.settings().clusters
     version = corpus_version(raw_corpus)
-    features = FeatureStore.open(embeddings_path(store, version))
-    kconfig = KMeansConfig(
-        K=config.K or settings.K,
-        max_iter=config.max_iter or settings.max_iter,
-        seed=config.seed if config.seed >= 0 else settings.seed,
-        precision=config.precision or settings.precision,
-    )
+    kconfig = config.kmeans_config(profile.settings().clusters)
     context.log.info(f"spherical k-means: N={raw_corpus.height}, K={kconfig.K}, precision={kconfig.precision}")
 
     def on_iteration(iteration: int, objective: float, seconds: float) -> None:
         if iteration % 10 == 0:
             context.log.info(f"k-means iteration {iteration}: mean cosine {objective:.4f}")
 
-    fit = spherical_kmeans(features, kconfig, on_iteration=on_iteration)
+    clustered = cluster_pool(raw_corpus, FeatureStore.open(embeddings_path(store, version)), kconfig, on_iteration)
     with store.local_folder("clusters") as folder:
-        centroids = zarr.create_array(
-            store=str(folder / centroids_name(version)), shape=fit.centroids.shape, dtype="float32", overwrite=True
-        )
-        centroids[:] = fit.centroids
-    path = store.path_for("clusters", centroids_name(version))
-    table = pl.DataFrame(
-        {"example_id": raw_corpus["example_id"], "cluster": fit.labels.astype(np.int64), "similarity": fit.similarity}
-    )
-    sizes = fit.cluster_sizes
-    reps = []
-    for k in np.argsort(-sizes)[:12]:
-        members = (
-            table.with_row_index().filter(pl.col("cluster") == int(k)).sort("similarity", descending=True).head(2)
-        )
-        for row in members.iter_rows(named=True):
-            source = raw_corpus.row(row["index"], named=True)
-            reps.append(
-                {
-                    "cluster": int(k),
-                    "size": int(sizes[k]),
-                    "similarity": round(row["similarity"], 3),
-                    "task": source["task"],
-                    "prompt": source["prompt"][:90],
-                }
-            )
-    objective = [float(x) for x in fit.objective]
+        write_centroids(folder / centroids_name(version), clustered.fit.centroids)
+    sizes, objective = clustered.fit.cluster_sizes.tolist(), [float(x) for x in clustered.fit.objective]
+    sizes_png = histogram_png(sizes, bins=min(40, kconfig.K), title="cluster sizes", xlabel="examples per cluster")
+    steps = list(range(1, len(objective) + 1))
+    objective_png = lines_png({"mean cosine": (steps, objective)}, title="k-means objective", xlabel="iteration")
     return dg.Output(
-        table,
+        clustered.table,
         metadata={
-            "K": kconfig.K,
-            "iterations": fit.iterations,
-            "converged": fit.converged,
-            "mean_cosine": round(objective[-1], 4),
-            "seconds_per_iteration": round(fit.seconds_per_iter, 4),
-            "empty_clusters_reseeded": fit.n_reseeded,
-            "cluster_size_min_median_max": f"{int(sizes.min())} / {int(np.median(sizes))} / {int(sizes.max())}",
-            "centroids": dg.MetadataValue.path(str(path)),
-            "cluster_sizes": md_image(
-                histogram_png(
-                    sizes.tolist(), bins=min(40, kconfig.K), title="cluster sizes", xlabel="examples per cluster"
-                ),
-                "cluster sizes",
-            ),
-            "objective": md_image(
-                lines_png(
-                    {"mean cosine": (list(range(1, len(objective) + 1)), objective)},
-                    title="k-means objective",
-                    xlabel="iteration",
-                ),
-                "objective",
-            ),
-            "representatives": markdown_metadata(reps),
+            **clustered.summary(),
+            "centroids": dg.MetadataValue.path(str(store.path_for("clusters", centroids_name(version)))),
+            "cluster_sizes": md_image(sizes_png, "cluster sizes"),
+            "objective": md_image(objective_png, "objective"),
+            "representatives": markdown_metadata(clustered.representatives),
         },
     )
 
@@ -183,80 +142,31 @@ def clusters(
 )
 def clusterclip_plan(context: dg.AssetExecutionContext, clusters, profile: ProfileResource, config: PlanConfig):
     """Sampling streams (step -> example_id) per budget: ClusterClip, and the paper's random and uniform baselines."""
-    import numpy as np
-    import polars as pl
-
-    from gtp_pipeline.core.clusterclip.sampler import SamplerConfig, plan_samples
-    from gtp_pipeline.core.config.profiles import budget_count, budget_label
+    from gtp_pipeline.core.clusterclip.sampler import plan_budgets
     from gtp_pipeline.core.evaluation.plots import bar_png, histogram_png
 
     settings = profile.settings()
     R = config.R or settings.clusters.R
     seed = config.seed if config.seed >= 0 else settings.clusters.seed
-    labels = clusters["cluster"].to_numpy()
-    ids = clusters["example_id"].to_numpy()
-    n_clusters = int(labels.max()) + 1
-    frames, summary, largest = [], [], None
-    for budget in settings.budgets.budgets:
-        M = settings.budgets.train_epochs * budget_count(budget, len(labels))  # same draws as a selection's fine-tune
-        for method in ("clusterclip", "uniform", "random"):
-            start = time.perf_counter()
-            plan = plan_samples(labels, M, SamplerConfig(method=method, R=R, seed=seed), n_clusters=n_clusters)
-            frames.append(
-                pl.DataFrame(
-                    {
-                        "method": method,
-                        "budget": budget_label(budget),
-                        "step": np.arange(M),
-                        "example_id": ids[plan.stream],
-                    }
-                )
-            )
-            summary.append(
-                {
-                    "method": method,
-                    "budget": budget_label(budget),
-                    "draws": M,
-                    "distinct_examples": int((plan.use_counts > 0).sum()),
-                    "max_repetitions": int(plan.use_counts.max()),
-                    "fallback_step": "-" if plan.fallback_step is None else plan.fallback_step,
-                    "seconds": round(time.perf_counter() - start, 4),
-                }
-            )
-            if plan.fallback_step is not None:
-                context.log.warning(
-                    f"{method} @ {budget_label(budget)}: every cluster retired at draw {plan.fallback_step} of {M}; random fallback after that"
-                )
-            if method == "clusterclip" and (largest is None or M >= largest.stream.size):
-                largest = plan  # the plots show the longest ClusterClip stream
-    plan = largest
-    random_share = np.bincount(labels, minlength=n_clusters) / len(labels)
-    clip_share = plan.cluster_draws / plan.cluster_draws.sum()
-    order = np.argsort(-random_share)
+    labels, ids = clusters["cluster"].to_numpy(), clusters["example_id"].to_numpy()
+    plans = plan_budgets(labels, ids, settings.budgets.budgets, settings.budgets.train_epochs, R, seed)
+    for line in plans.fallbacks:
+        context.log.warning(line)
+    uses = plans.longest.use_counts
+    uses_title = f"ClusterClip uses per example (R={R})"
+    uses_png = histogram_png(
+        uses.tolist(), bins=max(2, int(uses.max()) + 1), title=uses_title, xlabel="uses", log_y=True
+    )
+    share_title = "ClusterClip share minus pool share, per cluster (largest first)"
+    clusters_shown = [str(k) for k in plans.cluster_order]
+    share_png = bar_png(clusters_shown, plans.share_gap.tolist(), title=share_title, ylabel="share difference")
     return dg.Output(
-        pl.concat(frames),
+        plans.table,
         metadata={
             "R": R,
             "seed": seed,
-            "plans": metadata_table(summary),
-            "repetitions": md_image(
-                histogram_png(
-                    plan.use_counts.tolist(),
-                    bins=max(2, int(plan.use_counts.max()) + 1),
-                    title=f"ClusterClip uses per example (R={R})",
-                    xlabel="uses",
-                    log_y=True,
-                ),
-                "repetitions",
-            ),
-            "cluster_share": md_image(
-                bar_png(
-                    [str(k) for k in order],
-                    (clip_share[order] - random_share[order]).tolist(),
-                    title="ClusterClip share minus pool share, per cluster (largest first)",
-                    ylabel="share difference",
-                ),
-                "cluster share",
-            ),
+            "plans": metadata_table(plans.summary),
+            "repetitions": md_image(uses_png, "repetitions"),
+            "cluster_share": md_image(share_png, "cluster share"),
         },
     )

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, target_version
-from gtp_pipeline.assets.metadata import counts_table, md_image, metadata_table
+from gtp_pipeline.assets.metadata import counts_or_none, counts_table, md_image, metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
 from gtp_pipeline.resources.failures import fail_fast
 from gtp_pipeline.resources.profile import ProfileResource
@@ -65,7 +65,7 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
         data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
         metadata={
             "rows_refused": rejects.height,
-            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else metadata_table([]),
+            "by_reason": counts_or_none(rejects, ["reason"]),
         },
     )
 
@@ -91,72 +91,40 @@ def target(context: dg.AssetExecutionContext, profile: ProfileResource):
 def corpus(context: dg.AssetExecutionContext, profile: ProfileResource, store: ArtifactStore, target_examples):
     """Read every pool source, validate, de-duplicate, drop target contamination, and id each example."""
     from gtp_pipeline.core.evaluation.plots import histogram_png
-    from gtp_pipeline.core.ingest.corpus import REJECT_COLUMNS, build_corpus, table_version
-    from gtp_pipeline.core.ingest.pool import read_pool
-    from gtp_pipeline.core.ingest.records import Reject, RejectReason, summarize_rejects
-    from gtp_pipeline.core.ingest.targets import contamination_keys
+    from gtp_pipeline.core.ingest.pool import ingest_pool
     from gtp_pipeline.core.storage.atomic import write_bytes
 
     with fail_fast():  # a missing corpus file is a setting to fix: no retry
         settings = profile.settings()
-        target_prompts = contamination_keys(target_examples["prompt"], settings.contamination_targets)
-        built = build_corpus(read_pool(settings.pool), settings.corpus, target_prompts)
+        built = ingest_pool(settings, target_examples["prompt"])
     pool, rejects = built.corpus, built.rejects
-    refused = [Reject(**row) for row in rejects.to_dicts()]
-    if unreadable := [r for r in refused if r.reason == RejectReason.UNREADABLE_FILE]:
-        context.log.warning(f"files that could not be read, see corpus_rejects: {summarize_rejects(unreadable)}")
+    if unreadable := built.unreadable_files():
+        context.log.warning(f"files that could not be read, see corpus_rejects: {unreadable}")
     yield dg.Output(  # first, so that it exists for the user to read even when the pool turns out empty
         rejects,
         output_name="corpus_rejects",
-        data_version=dg.DataVersion(table_version(rejects, REJECT_COLUMNS)),
+        data_version=dg.DataVersion(built.rejects_version()),
         metadata={
-            "rows_refused": rejects.height,
-            "refused_share": round(rejects.height / max(built.n_read, 1), 4),
-            "by_reason": counts_table(rejects, ["reason"]) if rejects.height else metadata_table([]),
-            "by_source_and_reason": counts_table(rejects, ["source", "reason"])
-            if rejects.height
-            else metadata_table([]),
+            **built.rejects_summary(),
+            "by_reason": counts_or_none(rejects, ["reason"]),
+            "by_source_and_reason": counts_or_none(rejects, ["source", "reason"]),
         },
     )
     if pool.height == 0:
-        raise dg.Failure(
-            f"no valid examples among {built.n_read} rows read; {summarize_rejects(refused)}", allow_retries=False
-        )
-    context.log.info(
-        f"read {built.n_read} rows: {pool.height} examples, {rejects.height} refused "
-        f"({built.n_duplicates} duplicates, {built.n_contaminated} contaminated)"
-    )
-    histogram = histogram_png(
-        pool["n_tokens"].to_list(), bins=40, title="raw_corpus length", xlabel="n_tokens (words + punctuation)"
-    )
+        raise dg.Failure(built.empty_pool_reason(), allow_retries=False)
+    context.log.info(built.describe())
+    lengths = pool["n_tokens"].to_list()
+    histogram = histogram_png(lengths, bins=40, title="raw_corpus length", xlabel="n_tokens (words + punctuation)")
     write_bytes(histogram, store.path_for("raw_corpus", "n_tokens_histogram.png"))
     yield dg.Output(
         pool,
         output_name="raw_corpus",
         data_version=dg.DataVersion(corpus_version(pool)),
         metadata={
-            "examples": pool.height,
-            "rows_read": built.n_read,
-            "rows_refused": rejects.height,
-            "duplicates": built.n_duplicates,
-            "duplicate_policy": settings.corpus.duplicates,
-            "contaminated": built.n_contaminated,
-            "contamination_policy": settings.corpus.contamination,
-            "decontaminated_against": ", ".join(
-                dict.fromkeys([settings.target.name, *(t.name for t in settings.contamination_targets)])
-            ),
+            **built.summary(settings),
             "by_source": counts_table(pool, ["source"]),
             "by_source_and_task": counts_table(pool, ["source", "task"]),
-            "n_tokens": metadata_table([_length_summary(pool["n_tokens"])]),
+            "n_tokens": metadata_table([built.length_summary()]),
             "n_tokens_histogram": md_image(histogram, "n_tokens histogram"),
         },
     )
-
-
-def _length_summary(lengths) -> dict[str, float]:
-    return {
-        "mean": round(float(lengths.mean()), 1),
-        "median": float(lengths.median()),
-        "p90": float(lengths.quantile(0.9)),
-        "max": int(lengths.max()),
-    }

@@ -64,7 +64,7 @@ def evaluation(
     compute: ComputeResource,
 ):
     """Target test loss (mean response-token NLL) and multiple-choice accuracy of the base model and every fine-tune."""
-    from gtp_pipeline.core.evaluation.scoring import eval_inputs, score_models
+    from gtp_pipeline.core.evaluation.scoring import RESULT_COLUMNS, eval_inputs, result_rows, score_models
     from gtp_pipeline.core.storage.atomic import write_parquet
 
     settings = profile.settings()
@@ -90,18 +90,9 @@ def evaluation(
             "test_examples": len(examples),
             "target": settings.target.name + files,
             "models": table.height,
-            "results": metadata_table(  # the base model has no fine-tune seed: an empty cell, not its -1 sentinel
-                [
-                    {**r, "seed": r["seed"] if r["seed"] >= 0 else None}
-                    for r in table.select(RESULT_COLUMNS).to_dicts()
-                ],
-                RESULT_COLUMNS,
-            ),
+            "results": metadata_table(result_rows(table), RESULT_COLUMNS),
         },
     )
-
-
-RESULT_COLUMNS = ["run", "seed", "loss", "accuracy"]
 
 
 def _read_per_example(store: ArtifactStore, evaluation):
@@ -141,39 +132,22 @@ def selection_report(
     if per_example is None:
         context.log.warning("no per-example evaluation results: the report has no verdict (re-run evaluation)")
     report = build_report(
-        evaluation,
-        by_method(selection_tables),
-        clusterclip_plan,
-        raw_corpus,
-        per_example=per_example,
+        evaluation, by_method(selection_tables), clusterclip_plan, raw_corpus, per_example=per_example
     )
-    write_bytes(report.markdown.encode(), store.path_for("selection_report", "report.md"))
-    for name, png in report.plots.items():
-        write_bytes(png, store.path_for("selection_report", f"{name}.png"))
+    files = report.files()
+    paths = {name: store.path_for("selection_report", name) for name in files}
+    for name, data in files.items():
+        write_bytes(data, paths[name])
     glance = md_inline_svg(report.glance_svg) if report.glance_svg else None
     return dg.MaterializeResult(
         metadata={
             **({"loss_at_a_glance": glance} if glance else {}),  # first, and drawn without a click
-            "table": metadata_table(
-                [
-                    {k: r.get(k) for k in ("method", "budget", "seeds", "loss", "loss_sd", "accuracy", "examples")}
-                    for r in report.rows
-                ]
-            ),
+            "table": metadata_table(report.table_rows()),
             "runs": len(report.rows),
-            # one number per method and budget, so the UI plots them across materializations
-            **{f"loss {r['method']} {r['budget']}": float(r["loss"]) for r in report.rows},
-            **{
-                f"accuracy {r['method']} {r['budget']}": float(r["accuracy"])
-                for r in report.rows
-                if isinstance(r["accuracy"], float) and r["accuracy"] == r["accuracy"]  # NaN/None: not multiple choice
-            },
+            **report.numbers(),  # one number per method and budget, so the UI plots them across materializations
             **({"verdict": metadata_table(report.verdicts)} if report.verdicts else {}),
-            "report": dg.MetadataValue.path(str(store.path_for("selection_report", "report.md"))),
+            "report": dg.MetadataValue.path(str(paths["report.md"])),
             **{name: md_image(png, name) for name, png in report.plots.items()},
-            **{
-                f"{name}_file": dg.MetadataValue.path(str(store.path_for("selection_report", f"{name}.png")))
-                for name in report.plots
-            },
+            **{f"{name}_file": dg.MetadataValue.path(str(paths[f"{name}.png"])) for name in report.plots},
         }
     )

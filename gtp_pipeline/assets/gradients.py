@@ -1,7 +1,5 @@
 """Gradient stage: LoRA warm-up checkpoints, then per-checkpoint projected gradient features of pool and target."""
 
-import time
-
 import dagster as dg
 
 from gtp_pipeline.assets.locations import (
@@ -15,6 +13,7 @@ from gtp_pipeline.assets.locations import (
 )
 from gtp_pipeline.assets.metadata import metadata_table
 from gtp_pipeline.automation import ON_INPUT_DATA_CHANGE
+from gtp_pipeline.core.ingest.records import text_examples
 from gtp_pipeline.gpu_workers import GPU_STEP_TAGS
 from gtp_pipeline.partitions import N_SHARDS, checkpoint_shard, model_checkpoint
 from gtp_pipeline.resources.compute import ComputeResource
@@ -67,61 +66,27 @@ def warmup_checkpoints(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """LoRA warm-up checkpoints (adapter, Adam moments, LR weight), one per epoch; each becomes a model_checkpoint partition."""
-    from gtp_pipeline.core.training.lora_train import train_lora, warmup_subset
+    from gtp_pipeline.core.training.warm_up import warm_up
 
     settings = profile.settings()
     device = compute.configure_torch()
     version = corpus_version(raw_corpus)
-    subset = warmup_subset(raw_corpus.height, settings.gradients.warmup_fraction, settings.budgets.seed)
-    rows = raw_corpus[subset]
-    examples = list(zip(rows["example_id"], rows["prompt"], rows["response"], strict=True))
     loaded = model.load()
     config = lora_config(settings, settings.gradients.warmup_epochs, loaded.model.config.num_hidden_layers)
-    context.log.info(
-        f"warm-up: {len(examples)} of {raw_corpus.height} examples, {config.epochs} epochs, LoRA r={config.lora_r}, device {device}"
-    )
-
-    def progress(step: int, total: int, loss: float) -> None:
-        if step == total or step % 10 == 0:
-            context.log.info(f"warm-up step {step}/{total}: loss {loss:.4f}")
-
+    fraction, seed = settings.gradients.warmup_fraction, settings.budgets.seed
     with store.local_folder(*warmup_parts(version)) as out_dir:  # resumes from (and keeps) finished checkpoints
-        result = train_lora(
-            loaded.model,
-            loaded.tokenizer,
-            examples,
-            out_dir,
-            config,
-            loaded.model_id,
-            device=device,
-            progress=progress,
-        )
-    keys = [warmup_key(c.epoch) for c in result.checkpoints]
+        run = warm_up(loaded, raw_corpus, fraction, seed, config, out_dir, device, context.log.info)
+    keys = [warmup_key(c.epoch) for c in run.result.checkpoints]
     context.instance.add_dynamic_partitions(model_checkpoint.name, keys)
     return dg.MaterializeResult(
         metadata={
-            "checkpoints": metadata_table(
-                [
-                    {
-                        "partition": k,
-                        "step": c.step,
-                        "epoch": c.epoch,
-                        "lr_weight": c.lr_weight,
-                        "mean_loss": c.mean_loss,
-                        "checkpoint_id": c.checkpoint_id,
-                    }
-                    for k, c in zip(keys, result.checkpoints, strict=True)
-                ]
-            ),
+            "checkpoints": metadata_table(run.checkpoint_rows(keys)),
             "partitions_registered": ", ".join(keys),
-            "warmup_examples": len(examples),
-            "excluded_examples": len(result.excluded),
-            "steps_run": result.steps_run,
-            "seconds": round(result.seconds, 1),
+            **run.summary(),
             "model_id": loaded.model_id,
             "path": dg.MetadataValue.path(str(store.path_for(*warmup_parts(version)))),
         },
-        data_version=dg.DataVersion("-".join(c.checkpoint_id for c in result.checkpoints)),
+        data_version=dg.DataVersion(run.version()),
     )
 
 
@@ -162,108 +127,56 @@ def gradient_shards(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """One shard of a checkpoint's pool gradient features: store chunks c with c % shards == shard, in the shared store."""
-    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.features.featurize_checkpoints import featurize_shard
 
     key = context.partition_key.keys_by_dimension
     checkpoint_key, shard = key["checkpoint"], int(key["shard"])
     version = corpus_version(raw_corpus)
-    examples = list(zip(raw_corpus["example_id"], raw_corpus["prompt"], raw_corpus["response"], strict=True))
-    config = feature_config(profile, "adam")
-    n_chunks = -(-len(examples) // config.chunk_rows)
-    mine = [c for c in range(n_chunks) if c % N_SHARDS == shard]
-    loaded = model.load()
-    report = featurize(
-        loaded.model,
-        loaded.tokenizer,
-        examples,
+    config, loaded = feature_config(profile, "adam"), model.load()
+    report = featurize_shard(
+        loaded,
+        text_examples(raw_corpus),
         gradient_store_path(store, "gradient_trajectories", checkpoint_key, version),
         resolve_checkpoint(store, version, checkpoint_key, profile.checkpoint_dir),
         config,
-        loaded.model_id,
         {"data_version": version, "checkpoint": checkpoint_key},
         compute.configure_torch(),
-        chunks=mine,
+        shard,
+        N_SHARDS,
     )
-    context.log.info(
-        f"shard {shard}/{N_SHARDS} of {checkpoint_key}: {report.chunks_written} chunks computed"
-        + (f" at {report.examples_per_s:.1f} examples/s" if report.chunks_written else "")
-        + f", {report.chunks_skipped} already done"
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "chunks": len(mine),
-            "chunks_resumed": report.chunks_skipped,
-            "examples": report.n_examples,
-            "valid": report.n_valid,
-            **({"examples_per_s": round(report.examples_per_s, 2)} if report.chunks_written else {}),
-            "seconds": round(report.seconds, 1),
-        }
-    )
+    context.log.info(f"shard {shard}/{N_SHARDS} of {checkpoint_key}: {report.describe()}")
+    return dg.MaterializeResult(metadata=report.summary())
 
 
 def _featurize_partitions(
     context, examples, asset: str, kind: str, corpus_ver: str, store_key: str, profile, store, model, compute
 ) -> dg.MaterializeResult:
     """Shared body of the two gradient assets: one store per checkpoint key in this run (single-run backfills)."""
-    import polars as pl
-
-    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.features.featurize_checkpoints import featurize_checkpoints
     from gtp_pipeline.core.storage.atomic import write_parquet
-    from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     g = profile.settings().gradients
     device = compute.configure_torch()
     loaded = model.load()
-    config = feature_config(profile, kind)
-    rows, hashes, invalid = [], [], []
-    for key in context.partition_keys:
-        start = time.perf_counter()
-        checkpoint = resolve_checkpoint(store, corpus_ver, key, profile.checkpoint_dir)
-        path = gradient_store_path(store, asset, key, store_key)
-
-        def progress(done: int, total: int, key=key) -> None:
-            context.log.info(f"{asset}[{key}]: {done}/{total} examples")
-
-        report = featurize(
-            loaded.model,
-            loaded.tokenizer,
-            examples,
-            path,
-            checkpoint,
-            config,
-            loaded.model_id,
-            {"data_version": store_key, "checkpoint": key},
-            device,
-            progress,
-        )
-        store_ = FeatureStore.open(path)
-        hashes.append(store_.content_hash())
-        invalid += [{"checkpoint": key, "example_id": e, "reason": r} for e, r in report.invalid]
-        rows.append(
-            {
-                "checkpoint": key,
-                "examples": report.n_examples,
-                "valid": report.n_valid,
-                # a rate only where this step computed chunks (they may all come from the gradient_shards steps)
-                "examples_per_s": round(report.examples_per_s, 2) if report.chunks_written else None,
-                "chunks_computed": report.chunks_written,
-                "chunks_resumed": report.chunks_skipped,
-                "projecting_share": round(report.seconds_projecting / max(report.seconds, 1e-9), 3),
-                "MB_on_disk": round(store_.nbytes_on_disk() / 1e6, 2),
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
-        rate = f", {report.examples_per_s:.1f} examples/s" if report.chunks_written else ", every chunk already done"
-        context.log.info(f"{asset}[{key}]: {report.n_valid}/{report.n_examples} valid{rate}")
-    invalid_frame = pl.DataFrame(
-        invalid, schema={"checkpoint": pl.String, "example_id": pl.String, "reason": pl.String}
+    features = featurize_checkpoints(
+        loaded,
+        examples,
+        context.partition_keys,
+        resolve=lambda key: resolve_checkpoint(store, corpus_ver, key, profile.checkpoint_dir),
+        path_for=lambda key: gradient_store_path(store, asset, key, store_key),
+        config=feature_config(profile, kind),
+        data_version=store_key,
+        device=device,
+        label=asset,
+        log=context.log.info,
     )
-    write_parquet(invalid_frame, store.path_for(asset, f"excluded-{store_key}.parquet"))
+    write_parquet(features.excluded_frame(), store.path_for(asset, f"excluded-{store_key}.parquet"))
+    hashes = features.hashes
     return dg.MaterializeResult(
         metadata={
-            "per_checkpoint": metadata_table(rows),
-            "excluded_examples": metadata_table(invalid[:50]),
-            "excluded_count": len(invalid),
+            "per_checkpoint": metadata_table(features.rows),
+            "excluded_examples": metadata_table(features.invalid[:50]),
+            "excluded_count": len(features.invalid),
             "projection": f"rademacher d={g.proj_dim} seed={g.proj_seed}",
             "feature_kind": kind,
             "store_version": store_key,  # the stores' folder name: stores_sound reads back what was written
@@ -306,7 +219,7 @@ def gradient_trajectories(
 
     Chunks already written by gradient_shards (e.g. on other workers) are kept; any missing chunk is computed here.
     """
-    examples = list(zip(raw_corpus["example_id"], raw_corpus["prompt"], raw_corpus["response"], strict=True))
+    examples = text_examples(raw_corpus)
     version = corpus_version(raw_corpus)
     return _featurize_partitions(
         context, examples, "gradient_trajectories", "adam", version, version, profile, store, model, compute
@@ -336,7 +249,7 @@ def target_gradients(
 ) -> dg.MaterializeResult:
     """Per checkpoint: the target dev examples' plain SGD LoRA gradients, same projection (Zarr, fp16)."""
     dev = target_examples.filter(target_examples["split"] == "dev")
-    examples = list(zip(dev["example_id"], dev["prompt"], dev["response"], strict=True))
+    examples = text_examples(dev)
     corpus_ver = corpus_version(raw_corpus)
     store_key = f"{corpus_ver}-{target_version(target_examples)}"  # warm-up (corpus) x target set
     return _featurize_partitions(

@@ -59,3 +59,8 @@ def counts_table(frame, by: list[str], limit: int = 80) -> dg.MetadataValue:
     """Row counts of a polars frame grouped by `by`, largest first."""
     grouped = frame.group_by(by).len("rows").sort(["rows", *by], descending=[True] + [False] * len(by))
     return metadata_table(grouped.head(limit).to_dicts(), [*by, "rows"])
+
+
+def counts_or_none(frame, by: list[str]) -> dg.MetadataValue:
+    """`counts_table`, or a table with no rows and no columns when the frame is empty (nothing refused, say)."""
+    return counts_table(frame, by) if frame.height else metadata_table([])

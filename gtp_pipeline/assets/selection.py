@@ -1,7 +1,5 @@
 """Selection stage: GTP's joint pursuit, LESS top-k and random, each at every budget, on the same gradient stores."""
 
-import time
-
 import dagster as dg
 
 from gtp_pipeline.assets.locations import corpus_version, gradient_store_path, resolve_checkpoint, target_version
@@ -131,116 +129,47 @@ def _select(
 
 
 def _select_all(context, method, view, targets, ids, provenance, raw_corpus, profile, config):
-    import numpy as np
-    import polars as pl
-
-    from gtp_pipeline.core.config.profiles import budget_count, budget_label
-    from gtp_pipeline.core.evaluation.plots import lines_png
-    from gtp_pipeline.core.selection.gtp_variants import GTPVariant, describe_fill
+    from gtp_pipeline.core.selection.budget_selections import select_at_budgets
+    from gtp_pipeline.core.selection.gtp_variants import GTPVariant
     from gtp_pipeline.core.selection.pursuit import PursuitConfig
-    from gtp_pipeline.core.selection.selection_baselines import evaluate_selection
-    from gtp_pipeline.core.selection.selection_methods import in_domain_target, select
-    from gtp_pipeline.core.selection.selection_stats import duplicate_stats
 
-    target, per_example = targets
-    variant = GTPVariant(targets=config.gtp_targets, center=config.gtp_center)
-    if config.target == "in_domain":  # the pool's own mean, matched as one target
-        target, per_example, variant = in_domain_target(view), None, GTPVariant()
-    b = target.vector
-    corpus_by_id = raw_corpus.select("example_id", "source", "task", "content_hash", "prompt")
-    frames, summary, curves, fill_notes = [], [], {}, []
-    for budget in profile.settings().budgets.budgets:
-        k = budget_count(budget, int(view.valid_mask().sum()))
-        pconfig = PursuitConfig(
-            budget=k,
-            accept_ratio=config.accept_ratio,
-            swap_rounds=config.swap_rounds,
-            seed=config.seed,
-            fill=config.gtp_fill,
-        )
-        start = time.perf_counter()
-        chosen = select(method, view, target, pconfig, per_example, variant)
-        seconds = time.perf_counter() - start
-        _, residual = evaluate_selection(view, chosen.indices, b)
-        rows = view.gather(chosen.indices)
-        label = budget_label(budget)
-        picked = pl.DataFrame(
-            {
-                "example_id": ids[chosen.indices],
-                "weight": chosen.weights.astype(np.float64),
-                "rank": np.arange(1, k + 1),
-            }
-        )
-        picked = picked.join(corpus_by_id, on="example_id", how="left")
-        dups = duplicate_stats(rows, picked["content_hash"].to_list(), picked["prompt"].to_list())
-        frames.append(
-            picked.select(
-                pl.lit(label).alias("budget"),
-                pl.lit(float(budget)).alias("budget_value"),
-                "example_id",
-                "weight",
-                "rank",
-                pl.lit(round(seconds, 4)).alias("select_seconds"),
-            )
-        )
-        if chosen.residuals.size:
-            curves[label] = (
-                list(range(1, chosen.residuals.size + 1)),
-                (chosen.residuals / chosen.target_norm).tolist(),
-            )
-        summary.append(
-            {
-                "budget": label,
-                "k": k,
-                "relative_residual": round(residual / float(np.linalg.norm(b)), 4),
-                "passes": chosen.passes,
-                "rounds": chosen.rounds,
-                "fitted": k - chosen.fill,
-                "fill": chosen.fill,
-                "stop": chosen.stop_reason,
-                "exact_duplicates": dups["exact"],
-                "near_duplicates": dups["near"],
-                "seconds": round(seconds, 3),
-            }
-        )
-        context.log.info(
-            f"{method} @ {label}: k={k}, relative NNLS residual {summary[-1]['relative_residual']}, {seconds:.2f}s"
-        )
-        if method == "gtp":
-            fill_notes.append(f"- {label}: {describe_fill(chosen)}")
-    table = pl.concat(frames)
-    composition = (
-        table.join(raw_corpus.select("example_id", "source", "task"), on="example_id")
-        .group_by("budget", "source")
-        .len("examples")
-        .sort("budget", "examples", descending=[False, True])
+    pursuit = PursuitConfig(
+        accept_ratio=config.accept_ratio, swap_rounds=config.swap_rounds, seed=config.seed, fill=config.gtp_fill
     )
+    result = select_at_budgets(
+        method,
+        view,
+        *targets,
+        ids,
+        raw_corpus,
+        profile.settings().budgets.budgets,
+        pursuit,
+        GTPVariant(targets=config.gtp_targets, center=config.gtp_center),
+        in_domain=config.target == "in_domain",
+        log=context.log.info,
+    )
+    return dg.Output(result.table, metadata=_selection_metadata(method, result, provenance, config))
+
+
+def _selection_metadata(method, result, provenance, config) -> dict:
+    from gtp_pipeline.core.evaluation.plots import lines_png
+
     metadata = {
         **provenance,
         "engine": f"dask ({config.dask_scheduler})" if config.dask_scheduler else "in process",
         "method": method,
         "target": config.target,
-        "per_budget": metadata_table(summary),
-        **(
-            {"gtp_variant": variant.name, "fitted_and_fill": dg.MetadataValue.md("\n".join(fill_notes))}
-            if fill_notes
-            else {}
-        ),
-        "composition_by_source": metadata_table(composition.to_dicts()),
-        **(
-            {
-                "residual_per_round": md_image(
-                    lines_png(
-                        curves, title=f"{method}: ||r|| / ||b|| per round", xlabel="round", ylabel="relative residual"
-                    ),
-                    "residuals",
-                )
-            }
-            if curves
-            else {}
-        ),
+        "per_budget": metadata_table(result.summary),
     }
-    return dg.Output(table, metadata=metadata)
+    if result.fill_notes:
+        metadata["gtp_variant"] = result.variant.name
+        metadata["fitted_and_fill"] = dg.MetadataValue.md("\n".join(result.fill_notes))
+    metadata["composition_by_source"] = metadata_table(result.composition.to_dicts())
+    if result.curves:
+        title = f"{method}: ||r|| / ||b|| per round"
+        plot = lines_png(result.curves, title=title, xlabel="round", ylabel="relative residual")
+        metadata["residual_per_round"] = md_image(plot, "residuals")
+    return metadata
 
 
 def _selection_asset(method: str, description: str):

@@ -147,3 +147,24 @@ def test_the_at_a_glance_plot_draws_every_method_and_full_data_and_stays_short_e
 
 def _label_y(svg, name: str) -> str:
     return next(t.get("y") for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.text == name)
+
+
+def test_report_numbers_table_rows_and_files():
+    evaluation = evaluation_table(per_example_table())
+    report = build_report(evaluation, *inputs())
+    numbers = report.numbers()
+    keys = list(numbers)
+    assert keys[: len(report.rows)] == [f"loss {r['method']} {r['budget']}" for r in report.rows]  # losses first
+    gtp = evaluation.filter((pl.col("method") == "gtp") & (pl.col("budget") == "5pct"))
+    assert numbers["loss gtp 5pct"] == float(gtp["loss"].mean())
+    assert numbers["accuracy gtp 5pct"] == float(gtp["accuracy"].mean())
+    assert list(report.table_rows()[0]) == ["method", "budget", "seeds", "loss", "loss_sd", "accuracy", "examples"]
+    files = report.files()
+    assert list(files)[0] == "report.md" and files["report.md"] == report.markdown.encode()
+    assert {f"{name}.png" for name in report.plots} == set(files) - {"report.md"}
+
+
+def test_report_numbers_leave_out_an_undefined_accuracy():
+    evaluation = evaluation_table(per_example_table()).with_columns(pl.lit(None, pl.Float64).alias("accuracy"))
+    numbers = build_report(evaluation, *inputs()).numbers()
+    assert numbers and all(key.startswith("loss ") for key in numbers)

@@ -1,12 +1,21 @@
 """ClusterClip sampling plans: the clip holds, draws are uniform over active clusters, fast == reference."""
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from gtp_pipeline.core.clusterclip.sampler import SamplerConfig, SamplerInputError, plan_samples, reference_plan
+from gtp_pipeline.core.clusterclip.sampler import (
+    PLAN_METHODS,
+    SamplerConfig,
+    SamplerInputError,
+    equal_draws,
+    plan_budgets,
+    plan_samples,
+    reference_plan,
+)
 
 
 def labels_from_sizes(sizes: list[int], seed: int = 0) -> np.ndarray:
@@ -157,3 +166,35 @@ def test_bad_input_raises_a_clear_error(labels, M, kwargs, n_clusters, message):
     for plan in (plan_samples, reference_plan):
         with pytest.raises(SamplerInputError, match=message):
             plan(np.asarray(labels), M, SamplerConfig(**kwargs), n_clusters)
+
+
+def test_equal_draws_is_epochs_times_the_budgets_examples():
+    assert equal_draws(0.05, 200, 2) == 20  # 5% of 200 = 10 examples, twice each
+    assert equal_draws(30, 200, 3) == 90  # a count budget
+    assert equal_draws(0.001, 200, 2) == 2  # at least one example
+
+
+def test_plan_budgets_gives_every_method_the_same_draws_and_keeps_the_longest_clusterclip_plan():
+    labels = labels_from_sizes([30, 8, 2], seed=3)
+    ids = np.array([f"ex{i}" for i in range(labels.size)])
+    plans = plan_budgets(labels, ids, budgets=(0.1, 0.5), train_epochs=2, R=1, seed=7)
+    counts = plans.table.group_by("budget", "method").len().sort("budget", "method").rows()
+    assert counts == [(b, m, n) for b, n in (("10pct", 8), ("50pct", 40)) for m in sorted(PLAN_METHODS)]
+    clip = plans.table.filter((pl.col("budget") == "50pct") & (pl.col("method") == "clusterclip"))
+    direct = plan_samples(labels, 40, SamplerConfig(method="clusterclip", R=1, seed=7), n_clusters=3)
+    assert clip["example_id"].to_list() == ids[direct.stream].tolist()
+    assert np.array_equal(plans.longest.stream, direct.stream)
+    # 40 draws with R=1 over 40 examples: the clip retires every cluster exactly at the budget, no fallback
+    row = next(r for r in plans.summary if (r["method"], r["budget"]) == ("clusterclip", "50pct"))
+    assert row["draws"] == 40 and row["distinct_examples"] == 40 and row["fallback_step"] == "-"
+    assert plans.fallbacks == []
+
+
+def test_plan_budgets_reports_a_fallback_and_the_share_gap_per_cluster():
+    labels = labels_from_sizes([6, 2], seed=0)
+    ids = np.arange(labels.size).astype(str)
+    plans = plan_budgets(labels, ids, budgets=(4,), train_epochs=5, R=1, seed=0)  # 20 draws from 8 examples
+    assert plans.fallbacks == ["clusterclip @ n4: every cluster retired at draw 8 of 20; random fallback after that"]
+    assert list(plans.cluster_order) == [0, 1]  # the larger cluster first
+    share = plans.longest.cluster_draws / 20
+    np.testing.assert_allclose(plans.share_gap, share - np.array([6, 2]) / 8)

@@ -33,10 +33,14 @@ straight through retirements; it is cut only where `pool` is compacted (about lo
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from gtp_pipeline.core.config.profiles import budget_count, budget_label
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +292,66 @@ def plan_samples(labels: np.ndarray, M: int, config: SamplerConfig, n_clusters: 
         stream[step:] = _epochs(N, M - step, _rng(config.seed, 2))
         log.info("ClusterClip: all %d clusters clipped after %d of %d draws; random epochs for the rest", K, step, M)
     return _plan(config, labels, K, stream, fallback_step, retired_at)
+
+
+# --- the plans of a run: every method at every budget -----------------------------------------------------
+
+PLAN_METHODS = ("clusterclip", "uniform", "random")
+
+
+def equal_draws(budget: float, n_pool: int, train_epochs: int) -> int:
+    """Draws of a plan at a budget: as many as a selection's fine-tune makes, so the methods compare at equal cost."""
+    return train_epochs * budget_count(budget, n_pool)
+
+
+@dataclass(frozen=True)
+class BudgetPlans:
+    """Every method's plan at every budget, as one table, with what each plan did."""
+
+    table: Any  # polars.DataFrame: method, budget (label), step, example_id; one row per draw
+    summary: list[dict[str, Any]]  # per plan: method, budget, draws, distinct_examples, max_repetitions, ...
+    fallbacks: list[str]  # one line per plan whose clusters all retired before its last draw
+    longest: SamplingPlan  # the longest ClusterClip plan (the last one among equals)
+    cluster_order: np.ndarray  # (K,) clusters, largest share of the pool first
+    share_gap: np.ndarray  # (K,) in cluster_order: the longest plan's share of draws minus the pool's share
+
+
+def plan_budgets(
+    labels: np.ndarray, example_ids: np.ndarray, budgets: Sequence[float], train_epochs: int, R: int, seed: int
+) -> BudgetPlans:
+    """The ClusterClip, uniform and random plans at each budget, each with `equal_draws` draws from the pool."""
+    import polars as pl
+
+    n_clusters = int(labels.max()) + 1
+    frames, summary, fallbacks, longest = [], [], [], None
+    for budget in budgets:
+        M, label = equal_draws(budget, len(labels), train_epochs), budget_label(budget)
+        for method in PLAN_METHODS:
+            start = time.perf_counter()
+            plan = plan_samples(labels, M, SamplerConfig(method=method, R=R, seed=seed), n_clusters=n_clusters)
+            steps = {"step": np.arange(M), "example_id": example_ids[plan.stream]}
+            frames.append(pl.DataFrame({"method": method, "budget": label, **steps}))
+            summary.append(
+                {
+                    "method": method,
+                    "budget": label,
+                    "draws": M,
+                    "distinct_examples": int((plan.use_counts > 0).sum()),
+                    "max_repetitions": int(plan.use_counts.max()),
+                    "fallback_step": "-" if plan.fallback_step is None else plan.fallback_step,
+                    "seconds": round(time.perf_counter() - start, 4),
+                }
+            )
+            if plan.fallback_step is not None:
+                fallbacks.append(
+                    f"{method} @ {label}: every cluster retired at draw {plan.fallback_step} of {M}; "
+                    "random fallback after that"
+                )
+            if method == "clusterclip" and (longest is None or M >= longest.stream.size):
+                longest = plan
+    if longest is None:
+        raise SamplerInputError("no budgets to plan")
+    pool_share = np.bincount(labels, minlength=n_clusters) / len(labels)
+    order = np.argsort(-pool_share)
+    gap = (longest.cluster_draws / longest.cluster_draws.sum() - pool_share)[order]
+    return BudgetPlans(pl.concat(frames), summary, fallbacks, longest, order, gap)

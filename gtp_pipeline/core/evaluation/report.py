@@ -39,6 +39,27 @@ class Report:
     gaps: list[dict[str, Any]] = field(default_factory=list)  # gap_closed_table rows, every metric
     glance_svg: str | None = None  # loss vs budget per method and full data, small enough to show inline
 
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The summary rows, cut to what a glance needs: method, budget, seeds, loss (and spread), accuracy, examples."""
+        return [
+            {k: r.get(k) for k in ("method", "budget", "seeds", "loss", "loss_sd", "accuracy", "examples")}
+            for r in self.rows
+        ]
+
+    def numbers(self) -> dict[str, float]:
+        """ "loss METHOD BUDGET" for every row, then "accuracy METHOD BUDGET" where accuracy is defined."""
+        losses = {f"loss {r['method']} {r['budget']}": float(r["loss"]) for r in self.rows}
+        accuracies = {
+            f"accuracy {r['method']} {r['budget']}": float(r["accuracy"])
+            for r in self.rows
+            if isinstance(r["accuracy"], float) and r["accuracy"] == r["accuracy"]  # NaN/None: not multiple choice
+        }
+        return {**losses, **accuracies}
+
+    def files(self) -> dict[str, bytes]:
+        """What to write beside the report: report.md, then each plot as NAME.png."""
+        return {"report.md": self.markdown.encode(), **{f"{name}.png": png for name, png in self.plots.items()}}
+
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]

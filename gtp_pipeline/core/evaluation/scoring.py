@@ -16,6 +16,7 @@ from gtp_pipeline.core.storage.atomic import write_bytes
 
 CACHE_FORMAT = "v2"  # v2 caches hold per-example scores; older caches lack them, so they are recomputed
 BASE_SEED = -1  # the base model's row: it has no fine-tune seed
+RESULT_COLUMNS = ["run", "seed", "loss", "accuracy"]  # what a reader of the evaluation table looks at first
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,9 @@ def score_models(
         "correct": pl.Boolean,
     }
     return pl.DataFrame(rows, schema_overrides=numbers), pl.DataFrame(per_example, schema=per_example_schema)
+
+
+def result_rows(table) -> list[dict[str, Any]]:
+    """The evaluation table's RESULT_COLUMNS as rows for a reader: the base model has no fine-tune seed, so its
+    seed is None (an empty cell), not the BASE_SEED sentinel."""
+    return [{**r, "seed": r["seed"] if r["seed"] >= 0 else None} for r in table.select(RESULT_COLUMNS).to_dicts()]

@@ -41,6 +41,7 @@ from gtp_pipeline.core.features.per_example_grads import (
     tune_cpu_allocator,
 )
 from gtp_pipeline.core.features.projection import ProjectionConfig, Projector, make_projector
+from gtp_pipeline.core.ingest.records import TextExample
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 from gtp_pipeline.core.storage.store_records import StoreMeta
 from gtp_pipeline.core.training.checkpoints import CheckpointInfo
@@ -99,6 +100,23 @@ class FeaturizeReport:
     examples_per_s: float  # rows computed by this call / seconds (0 when everything was already done)
     identity: dict[str, Any]
     buffer_rows: int = 0  # rows of the projection buffer used (0 when nothing was computed)
+
+    def summary(self) -> dict[str, Any]:
+        """What this call did, in plain numbers; a rate only where it computed chunks."""
+        rate = {"examples_per_s": round(self.examples_per_s, 2)} if self.chunks_written else {}
+        return {
+            "chunks": self.chunks_written + self.chunks_skipped,  # in scope: computed now or done before
+            "chunks_resumed": self.chunks_skipped,
+            "examples": self.n_examples,
+            "valid": self.n_valid,
+            **rate,
+            "seconds": round(self.seconds, 1),
+        }
+
+    def describe(self) -> str:
+        """One line: chunks computed (and how fast) and chunks already done."""
+        rate = f" at {self.examples_per_s:.1f} examples/s" if self.chunks_written else ""
+        return f"{self.chunks_written} chunks computed{rate}, {self.chunks_skipped} already done"
 
 
 def feature_identity(
@@ -287,7 +305,7 @@ class FeatureComputer:
 def featurize(
     model: torch.nn.Module,
     tokenizer: Any,
-    examples: Sequence[tuple[str, str, str]],
+    examples: Sequence[TextExample],
     store_path: str | Path,
     checkpoint: CheckpointInfo | None,
     config: FeatureConfig = FeatureConfig(),

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gtp_pipeline.core.ingest.records import Example, RawRecord, Reject, RejectReason
+from gtp_pipeline.core.ingest.records import Example, RawRecord, Reject, RejectReason, summarize_rejects
 
 USER_ROLES = ("user", "human")
 ASSISTANT_ROLES = ("assistant", "gpt", "model")
@@ -189,6 +189,58 @@ class CorpusBuild:
     n_read: int
     n_duplicates: int  # rows whose exact text appeared earlier (dropped or flagged)
     n_contaminated: int
+
+    def refused(self) -> list[Reject]:
+        return [Reject(**row) for row in self.rejects.to_dicts()]
+
+    def rejects_version(self) -> str:
+        """The content hash of the refused rows (their data version)."""
+        return table_version(self.rejects, REJECT_COLUMNS)
+
+    def unreadable_files(self) -> str:
+        """One line about the files that could not be read; "" when every file was read."""
+        unreadable = [r for r in self.refused() if r.reason == RejectReason.UNREADABLE_FILE]
+        return summarize_rejects(unreadable) if unreadable else ""
+
+    def empty_pool_reason(self) -> str:
+        """Why no example survived, for when none did."""
+        return f"no valid examples among {self.n_read} rows read; {summarize_rejects(self.refused())}"
+
+    def describe(self) -> str:
+        return (
+            f"read {self.n_read} rows: {self.corpus.height} examples, {self.rejects.height} refused "
+            f"({self.n_duplicates} duplicates, {self.n_contaminated} contaminated)"
+        )
+
+    def rejects_summary(self) -> dict[str, Any]:
+        return {
+            "rows_refused": self.rejects.height,
+            "refused_share": round(self.rejects.height / max(self.n_read, 1), 4),
+        }
+
+    def summary(self, profile: Any) -> dict[str, Any]:
+        """The counts, with the policies and targets of `profile` (a core.config.profiles.Profile) behind them."""
+        targets = dict.fromkeys([profile.target.name, *(t.name for t in profile.contamination_targets)])
+        return {
+            "examples": self.corpus.height,
+            "rows_read": self.n_read,
+            "rows_refused": self.rejects.height,
+            "duplicates": self.n_duplicates,
+            "duplicate_policy": profile.corpus.duplicates,
+            "contaminated": self.n_contaminated,
+            "contamination_policy": profile.corpus.contamination,
+            "decontaminated_against": ", ".join(targets),
+        }
+
+    def length_summary(self) -> dict[str, float]:
+        """Mean, median, 90th percentile and maximum of the examples' n_tokens."""
+        lengths = self.corpus["n_tokens"]
+        return {
+            "mean": round(float(lengths.mean()), 1),
+            "median": float(lengths.median()),
+            "p90": float(lengths.quantile(0.9)),
+            "max": int(lengths.max()),
+        }
 
 
 def build_corpus(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gtp_pipeline.core.config.config_errors import require_files
 from gtp_pipeline.core.ingest import packaged
+from gtp_pipeline.core.ingest.corpus import CorpusBuild, build_corpus
 from gtp_pipeline.core.ingest.records import RawRecord
+from gtp_pipeline.core.ingest.targets import contamination_keys
 from gtp_pipeline.core.ingest.user_files import read_user_files
 
 
@@ -27,3 +30,10 @@ def read_pool(sources: Iterable, data_root: Path | None = None) -> Iterator[RawR
             raise ValueError(
                 f"unknown pool source {spec.kind!r}; expected files or one of {sorted(packaged.POOL_SOURCES)}"
             )
+
+
+def ingest_pool(profile: Any, drawn_target_prompts: Iterable[str]) -> CorpusBuild:
+    """The pool of `profile` (a core.config.profiles.Profile) as a corpus, without the target's drawn prompts and
+    without any row of the profile's contamination targets."""
+    target_prompts = contamination_keys(drawn_target_prompts, profile.contamination_targets)
+    return build_corpus(read_pool(profile.pool), profile.corpus, target_prompts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,21 @@ class Example:
     origin: str
     row: int
     source_id: str | None = None  # the id the user's file gave the row, kept for their joins
+
+
+class TextExample(NamedTuple):
+    """An example as training and featurizing read it: its id and its text. A tuple, so (id, prompt, response)
+    unpacks as before."""
+
+    example_id: str
+    prompt: str
+    response: str
+
+
+def text_examples(frame: Any) -> list[TextExample]:
+    """The rows of a pool or target table (example_id, prompt and response columns), in order."""
+    columns = (frame["example_id"], frame["prompt"], frame["response"])
+    return [TextExample(*row) for row in zip(*columns, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from gtp_pipeline.core.features.per_example_grads import (
     tune_cpu_allocator,
     weight_sharing_copy,
 )
+from gtp_pipeline.core.ingest.records import TextExample
 from gtp_pipeline.core.training.checkpoints import (
     ADAPTER_FILE,
     MOMENTS_FILE,
@@ -197,7 +198,7 @@ def _data_identity(ids: Sequence[str], weights: np.ndarray | None, stream: Seque
 def train_lora(
     base_model: torch.nn.Module,
     tokenizer: Any,
-    examples: Sequence[tuple[str, str, str]],
+    examples: Sequence[TextExample],
     out_dir: str | Path,
     config: LoraTrainConfig = LoraTrainConfig(),
     model_id: str = "",
