@@ -144,7 +144,7 @@ def _store_check(asset: str):
                 problems.append(f"{key}: no materialization that names its store")
                 continue
             path = gradient_store_path(store, asset, key, meta["store_version"])
-            if not (path / "zarr.json").exists():
+            if not FeatureStore.exists(path):
                 problems.append(f"{key}: no store at {path}")
                 continue
             fs = FeatureStore.open(path)
@@ -269,7 +269,7 @@ def embeddings_sound(raw_corpus, store: ArtifactStore) -> dg.AssetCheckResult:
     from gtp_pipeline.core.storage.feature_store import FeatureStore
 
     path = embeddings_path(store, corpus_version(raw_corpus))
-    if not (path / "zarr.json").exists():
+    if not FeatureStore.exists(path):
         return dg.AssetCheckResult(passed=False, metadata={"problems": f"no embedding store at {path}"})
     fs = FeatureStore.open(path)
     problems = []

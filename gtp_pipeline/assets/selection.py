@@ -51,7 +51,7 @@ def open_trajectories(instance, raw_corpus, target_examples, profile: ProfileRes
         lr.append(resolve_checkpoint(store, corpus_ver, key, profile.checkpoint_dir).lr_weight)
         candidate_paths.append(gradient_store_path(store, "gradient_trajectories", key, corpus_ver))
         target_paths.append(gradient_store_path(store, "target_gradients", key, f"{corpus_ver}-{target_ver}"))
-    missing = [str(p) for p in candidate_paths + target_paths if not (p / "zarr.json").exists()]
+    missing = [str(p) for p in candidate_paths + target_paths if not FeatureStore.exists(p)]
     if missing:
         raise FileNotFoundError(
             f"gradient stores missing for this corpus/target: {missing[:4]}; materialize gradient_trajectories and target_gradients for every checkpoint"

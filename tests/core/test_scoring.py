@@ -1,4 +1,4 @@
-"""result_rows: the evaluation table as a reader sees it."""
+"""Scoring: the evaluation table as a reader sees it, and the score cache."""
 
 import polars as pl
 
@@ -14,3 +14,32 @@ def test_the_base_models_seed_is_an_empty_cell_and_only_the_result_columns_are_k
         {"run": "gtp-5pct", "seed": 0, "loss": 2.0, "accuracy": None},
     ]
     assert list(result_rows(table)[0]) == RESULT_COLUMNS
+
+
+def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_set(tmp_path, tiny):
+    """cached_score follows the variant study's rule (read_scores): a damaged file or another test set is scored
+    again, a whole one is read back without opening the model."""
+    from contextlib import nullcontext
+
+    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample
+    from gtp_pipeline.core.evaluation.scoring import ModelToScore, cached_score
+
+    opened = []
+
+    def open_model():
+        opened.append(1)
+        return nullcontext(tiny.model)
+
+    model = ModelToScore("base", BASE_SEED, "ck1", open_model)
+    examples = [EvalExample("e1", "Count to 2.", "1 2"), EvalExample("e2", "Count to 3.", "1 2 3")]
+    config = EvalConfig(max_len=32)
+    first = cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-a")
+    assert [r["example_id"] for r in first["per_example"]] == ["e1", "e2"] and len(opened) == 1
+    assert cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-a") == first
+    assert len(opened) == 1  # read back
+    (cache,) = tmp_path.iterdir()
+    cache.write_text(cache.read_text()[:40])  # cut short, as by a kill mid-write on a store without renames
+    again = cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-a")
+    assert len(opened) == 2 and again["loss"] == first["loss"]
+    cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-b")  # another test set
+    assert len(opened) == 3 and len(list(tmp_path.iterdir())) == 2

@@ -5,6 +5,7 @@ and test example, which the paired verdicts resample)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ from gtp_pipeline.core.config.run_key import RunKey
 from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
 from gtp_pipeline.core.storage.atomic import write_bytes
 
-CACHE_FORMAT = "v2"  # v2 caches hold per-example scores; older caches lack them, so they are recomputed
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "v3"  # v3 files name their test set (read_scores checks it); older ones are scored again
 BASE_SEED = -1  # the base model's row: it has no fine-tune seed
 RESULT_COLUMNS = ["run", "seed", "loss", "accuracy"]  # what a reader of the evaluation table looks at first
 
@@ -45,14 +48,39 @@ def eval_inputs(target_examples, settings) -> tuple[list[EvalExample], EvalConfi
     return examples, config
 
 
+def read_scores(path, test_key: str) -> dict | None:
+    """A model's cached scores at `path` if the file reads back whole and names the same test set, else None: the
+    one cache rule of the pipeline's evaluation and the variant study (a damaged file means scoring again)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        data = None
+    rows = data.get("per_example") if isinstance(data, dict) else None
+    if (
+        isinstance(rows, list)
+        and data.get("test_key", "") == test_key
+        and all(isinstance(r, dict) and {"example_id", "loss"} <= set(r) for r in rows)
+    ):
+        return {k: v for k, v in data.items() if k != "test_key"}  # as written: the caller knows its test set
+    log.warning("ignoring unreadable %s; scoring again", path)
+    return None
+
+
+def write_scores(path, test_key: str, result: dict) -> None:
+    write_bytes(json.dumps({"test_key": test_key, **result}).encode(), path)
+
+
 def cached_score(
     model: ModelToScore, tokenizer, examples, config: EvalConfig, device, cache_dir, test_key: str
 ) -> dict:
     """The model's scores on the test set: read from cache_dir when an earlier run computed them (they are a function
     of the adapter and the test set), else computed and cached."""
     cache = cache_dir / f"{model.checkpoint_id}-{test_key}-{config.precision}-{CACHE_FORMAT}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
+    cached = read_scores(cache, test_key)
+    if cached is not None:
+        return cached
     with model.open() as net:
         scored = evaluate(net, tokenizer, examples, config, device)
     result = {
@@ -65,7 +93,7 @@ def cached_score(
             {"example_id": e["example_id"], "loss": e["loss"], "correct": e["correct"]} for e in scored.per_example
         ],
     }
-    write_bytes(json.dumps(result).encode(), cache)
+    write_scores(cache, test_key, result)
     return result
 
 

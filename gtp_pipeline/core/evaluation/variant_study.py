@@ -22,7 +22,6 @@ never reuses an old adapter.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from gtp_pipeline.core.config.run_key import BASE, BASE_BUDGET, FULL, FULL_BUDGET
 from gtp_pipeline.core.evaluation.alignment import alignment
 from gtp_pipeline.core.evaluation.markdown import markdown_table
+from gtp_pipeline.core.evaluation.scoring import read_scores, write_scores
 from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
 from gtp_pipeline.core.features.trajectory import Trajectories
 from gtp_pipeline.core.selection.gtp_variants import GTPVariant
@@ -42,7 +42,6 @@ from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection
 from gtp_pipeline.core.selection.selection_methods import select as select_method
 from gtp_pipeline.core.selection.selection_stats import duplicate_stats
-from gtp_pipeline.core.storage.atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -202,22 +201,12 @@ def train_and_score(
     """Per-example scores of the model `train(folder)` produces; cached in folder/scores[-test_key].json, which is
     used only if it reads back whole and names the same test set."""
     cache = folder / (f"scores-{test_key}.json" if test_key else "scores.json")
-    if cache.exists():
-        try:
-            data = json.loads(cache.read_text())
-        except ValueError:
-            data = None
-        if (
-            isinstance(data, dict)
-            and data.get("test_key", "") == test_key
-            and isinstance(data.get("per_example"), list)
-            and all(isinstance(r, dict) and {"example_id", "loss"} <= set(r) for r in data["per_example"])
-        ):
-            return data["per_example"]
-        log.warning("ignoring unreadable %s; scoring again", cache)
+    cached = read_scores(cache, test_key)
+    if cached is not None:
+        return cached["per_example"]
     model = train(folder)
     per_example = score(model)
-    write_bytes(json.dumps({"test_key": test_key, "per_example": per_example}).encode(), cache)
+    write_scores(cache, test_key, {"per_example": per_example})
     return per_example
 
 

@@ -90,6 +90,11 @@ class FeatureStore:
         return os.path.join(str(self.path), "features", "c", str(chunk), "0")
 
     # --- opening -----------------------------------------------------------------------------
+    @staticmethod
+    def exists(path: str | Path | AnyPath) -> bool:
+        """Whether a store was created at `path` (callers need not know the layout on disk)."""
+        return (storage_path(path) / "zarr.json").exists()
+
     @classmethod
     def create_or_open(cls, path: str | Path | AnyPath, meta: StoreMeta, example_ids: Sequence[str]) -> FeatureStore:
         """Open the store at `path` if it has exactly this identity, else create it; raise on a mismatch."""
@@ -101,7 +106,7 @@ class FeatureStore:
             raise ValueError(
                 f"a store needs n_rows, dim and chunk_rows >= 1, got {meta.n_rows}, {meta.dim}, {meta.chunk_rows}"
             )
-        if (path / "zarr.json").exists():
+        if cls.exists(path):
             try:
                 store = cls.open(path)
             except StoreIncompleteError:
@@ -146,7 +151,7 @@ class FeatureStore:
         `expected.ids_hash` is compared only when set.
         """
         path = storage_path(path)
-        if not (path / "zarr.json").exists():
+        if not cls.exists(path):
             raise FileNotFoundError(f"no feature store at {path}")
         group = _open_group(path, "r+")
         attrs = group.attrs.get("meta")
