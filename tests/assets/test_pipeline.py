@@ -1,5 +1,6 @@
 """The whole pipeline on the tiny profile: every asset materializes, checks pass, reruns skip, results hang together."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -111,7 +112,13 @@ def test_evaluation_keeps_per_example_scores_that_add_up_to_its_table_and_the_re
     for row in joined.iter_rows(named=True):  # the per-example rows are the same scores the table summarizes
         assert abs(row["mean_loss"] - row["loss"]) < 1e-9, row["run"]
         assert row["accuracy"] is None or abs(row["mean_correct"] - row["accuracy"]) < 1e-9, row["run"]
-    assert all(p.name.endswith("-v2.json") for p in (root / "evaluation" / "cache").iterdir())
+    from gtp_pipeline.core.evaluation.scoring import CACHE_FORMAT, read_scores
+
+    caches = list((root / "evaluation" / "cache").iterdir())
+    assert caches and all(p.name.endswith(f"-{CACHE_FORMAT}.json") for p in caches)
+    for cache in caches:  # whole, and naming the test set their file name names
+        test_key = json.loads(cache.read_text())["test_key"]
+        assert f"-{test_key}-" in cache.name and read_scores(cache, test_key) is not None
     report = (root / "selection_report" / "report.md").read_text()
     assert "## Verdict" in report and "## Which method for my data" in report
     assert "not seed-to-seed noise" in report  # the tiny profile fine-tunes one seed

@@ -47,7 +47,6 @@ Where the time goes, and how it compares with faiss and scikit-learn: docs/BENCH
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -67,6 +66,7 @@ from gtp_pipeline.core.clusterclip.kmeans_blocks import (
     normalize_rows,
 )
 from gtp_pipeline.core.clusterclip.kmeans_certify import Centroids, assign_block, check_bf16_gemm
+from gtp_pipeline.core.clusterclip.kmeans_init import starting_centroids
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -214,41 +214,6 @@ def _similarities(src: Source, c: torch.Tensor, labels: torch.Tensor, pool: Thre
     return sims
 
 
-# --- init -------------------------------------------------------------------------------------------------
-
-
-def _init_centroids(src: Source, cfg: KMeansConfig, rng: np.random.Generator) -> torch.Tensor:
-    if cfg.init == "random":  # the official code: K distinct random rows
-        return src.rows(np.sort(rng.choice(src.n, cfg.K, replace=False))).clone()
-    m = min(src.n, cfg.init_sample_per_cluster * cfg.K)
-    sample = np.arange(src.n) if m == src.n else np.sort(rng.choice(src.n, m, replace=False))
-    xs = src.rows(sample)  # (m, d)
-    return xs[_kmeanspp(xs, cfg.K, rng)].clone()
-
-
-def _kmeanspp(xs: torch.Tensor, K: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ (Arthur & Vassilvitskii; sklearn's 2 + log K local trials) with D = 1 - cos."""
-    m = xs.shape[0]
-    trials = 2 + int(math.log(K))
-    chosen = [int(rng.integers(m))]
-    closest = (1 - xs @ xs[chosen[0]]).clamp_min_(0).double()  # (m,) distance to the nearest chosen row
-    pot = float(closest.sum())
-    for _ in range(1, K):
-        if pot <= 0:  # every row coincides with a chosen one: take any unchosen row
-            rest = np.setdiff1d(np.arange(m), chosen)
-            chosen.append(int(rest[0]))
-            continue
-        cum = torch.cumsum(closest, 0).numpy()
-        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * pot), m - 1)  # (trials,)
-        dist = (1 - xs[torch.from_numpy(cand)] @ xs.t()).clamp_min_(0).double()  # (trials, m)
-        dist = torch.minimum(dist, closest[None, :])
-        pots = dist.sum(dim=1)  # (trials,)
-        best = int(torch.argmin(pots))
-        chosen.append(int(cand[best]))
-        closest, pot = dist[best], float(pots[best])
-    return np.asarray(chosen, dtype=np.int64)
-
-
 # --- M-step -----------------------------------------------------------------------------------------------
 
 
@@ -333,7 +298,7 @@ def spherical_kmeans(
                     raise KMeansInputError(f"init_centroids has shape {tuple(c0.shape)}, expected {(config.K, src.d)}")
                 c0 = normalize_rows(c0, 0)
             else:
-                c0 = _init_centroids(src, config, rng)
+                c0 = starting_centroids(src, config.init, config.K, config.init_sample_per_cluster, rng)
             res = _fit_once(src, config, c0, bf16, on_iteration, pool)
             log.info(
                 "k-means restart %d/%d: mean cos %.5f after %d iterations (%.3f s/iter, %.1f%% rows rechecked)",

@@ -40,7 +40,7 @@ from gtp_pipeline.core.features.per_example_grads import (
     set_attention,
     tune_cpu_allocator,
 )
-from gtp_pipeline.core.features.projection import ProjectionConfig, Projector, make_projector
+from gtp_pipeline.core.features.projection import ProjectionConfig, Projector, buffer_rows_for, make_projector
 from gtp_pipeline.core.ingest.records import TextExample
 from gtp_pipeline.core.storage.feature_store import FeatureStore
 from gtp_pipeline.core.storage.store_records import StoreMeta
@@ -62,8 +62,6 @@ GRADIENT_NOT_FINITE = "gradient_not_finite"
 GRADIENT_ZERO = "gradient_zero"
 INVALID_IN_EARLIER_RUN = "gradient_not_finite_or_zero"  # an invalid row of a chunk done by an earlier run
 FEATURES_VERSION = 1  # bump when the feature computation changes in a way the identity does not capture
-BUFFER_MEMORY_SHARE = 0.4  # auto buffer on a GPU: this share of its memory (the rest: weights, activations)
-MAX_BUFFER_ROWS = 256  # beyond this the matrix generation is paid over enough rows that more only costs memory
 
 
 @dataclass(frozen=True)
@@ -147,19 +145,6 @@ def feature_identity(
     return ident
 
 
-def buffer_rows_for(n_params: int, config: FeatureConfig, device: torch.device) -> int:
-    """Rows of the projection buffer: `config.buffer_rows`, or when 0, one store chunk on the CPU (where the
-    generated blocks are cached, so nothing is gained by more) and on a GPU as many rows as fit in
-    BUFFER_MEMORY_SHARE of the device's memory, between 16 and MAX_BUFFER_ROWS (a multiple of 16)."""
-    if config.buffer_rows > 0:
-        return config.buffer_rows
-    if device.type != "cuda":
-        return config.chunk_rows
-    row_bytes = n_params * (2 if config.projection.dtype == "bf16" else 4)
-    fit = int(BUFFER_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory) // row_bytes
-    return max(16, min(MAX_BUFFER_ROWS, fit // 16 * 16))
-
-
 class FeatureComputer:
     """A LoRA model at one checkpoint plus the projector: encoded examples -> unit-norm projected features.
 
@@ -208,7 +193,9 @@ class FeatureComputer:
             )
         self.projector = projector or make_projector(self.n_params, config.projection, self.device)
         self.pad = pad_id(tokenizer)
-        self.buffer_rows = buffer_rows_for(self.n_params, config, self.device)
+        self.buffer_rows = buffer_rows_for(
+            self.n_params, config.buffer_rows, config.chunk_rows, config.projection.dtype, self.device
+        )
         buffer_dtype = torch.bfloat16 if config.projection.dtype == "bf16" else torch.float32
         self.buffer = torch.empty(self.buffer_rows, self.n_params, dtype=buffer_dtype, device=self.device)
         self.seconds_gradients = self.seconds_projecting = 0.0

@@ -245,3 +245,20 @@ def make_projector(n_params: int, config: ProjectionConfig, device: torch.device
         logger.warning("projection on %s with blocks made on the CPU (slow at scale): %s", device,
                        "dim % 32 != 0" if projection_triton.triton_available() else "triton is not installed")  # fmt: skip
     return BlockProjector(n_params, config)
+
+
+BUFFER_MEMORY_SHARE = 0.4  # auto buffer on a GPU: this share of its memory (the rest: weights, activations)
+MAX_BUFFER_ROWS = 256  # beyond this the matrix generation is paid over enough rows that more only costs memory
+
+
+def buffer_rows_for(n_params: int, requested: int, chunk_rows: int, dtype: str, device: torch.device) -> int:
+    """Gradient rows projected per call: `requested`, or when 0, one store chunk (`chunk_rows`) on the CPU (where
+    the generated blocks are cached, so nothing is gained by more) and on a GPU as many rows as fit in
+    BUFFER_MEMORY_SHARE of the device's memory, between 16 and MAX_BUFFER_ROWS (a multiple of 16)."""
+    if requested > 0:
+        return requested
+    if device.type != "cuda":
+        return chunk_rows
+    row_bytes = n_params * (2 if dtype == "bf16" else 4)
+    fit = int(BUFFER_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory) // row_bytes
+    return max(16, min(MAX_BUFFER_ROWS, fit // 16 * 16))

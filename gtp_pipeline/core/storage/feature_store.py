@@ -66,6 +66,7 @@ from gtp_pipeline.core.storage.store_records import (
     ids_hash,
     valid_crc,
 )
+from gtp_pipeline.core.storage.zarr_layout import LAYOUT_MARKER, init_group, open_group
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class FeatureStore:
     @staticmethod
     def exists(path: str | Path | AnyPath) -> bool:
         """Whether a store was created at `path` (callers need not know the layout on disk)."""
-        return (storage_path(path) / "zarr.json").exists()
+        return (storage_path(path) / LAYOUT_MARKER).exists()
 
     @classmethod
     def create_or_open(cls, path: str | Path | AnyPath, meta: StoreMeta, example_ids: Sequence[str]) -> FeatureStore:
@@ -123,7 +124,7 @@ class FeatureStore:
         for stale in remove_stale_temps(path):  # left by a creator killed mid-way
             logger.info("removed %s, left by a store creation that was killed", stale)
         tmp = temp_sibling(path)
-        _init_group(_open_group(tmp, "w"), meta, example_ids, overwrite=True)
+        init_group(open_group(tmp, "w"), meta, example_ids, overwrite=True)
         (tmp / "done").mkdir(exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -139,7 +140,7 @@ class FeatureStore:
     def _create_remote(cls, path: AnyPath, meta: StoreMeta, example_ids: Sequence[str]) -> FeatureStore:
         """Create in place, idempotently: concurrent creators write identical objects; meta attrs come last."""
         logger.info("creating feature store %s", path)
-        _init_group(_open_group(path, "a"), meta, example_ids, overwrite=False)
+        init_group(open_group(path, "a"), meta, example_ids, overwrite=False)
         store = cls.open(path)
         compare_identity(path, meta, store.meta.to_attrs())  # a creator with another identity got there first
         return store
@@ -153,7 +154,7 @@ class FeatureStore:
         path = storage_path(path)
         if not cls.exists(path):
             raise FileNotFoundError(f"no feature store at {path}")
-        group = _open_group(path, "r+")
+        group = open_group(path, "r+")
         attrs = group.attrs.get("meta")
         if attrs is None:
             raise StoreIncompleteError(f"store {path} was never initialized (no meta attrs); delete it and rerun")
@@ -363,47 +364,3 @@ class FeatureStore:
         if not self.is_local:
             return int(self.path.fs.du(self.path.path, total=True))
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-
-
-def _open_group(path: AnyPath, mode: str) -> Any:
-    """The Zarr group at `path`: a local folder, or Zarr's FsspecStore for any fsspec location."""
-    import zarr
-    from zarr.errors import ContainsGroupError
-
-    if is_local(path):
-        return zarr.open_group(str(path), mode=mode)
-    from zarr.storage import FsspecStore
-
-    store = FsspecStore.from_url(str(path), storage_options=dict(path.storage_options))
-    try:
-        return zarr.open_group(store=store, mode=mode)
-    except ContainsGroupError:  # mode "a": another creator made the group between zarr's check and its create
-        return zarr.open_group(store=store, mode="r+")
-
-
-def _init_group(group: Any, meta: StoreMeta, example_ids: Sequence[str], overwrite: bool) -> None:
-    """The store's arrays, ids and (last) identity attrs. With overwrite=False, existing arrays are reused."""
-    from zarr.errors import ContainsArrayError
-
-    def make(name: str, **kw: Any) -> Any:
-        if overwrite:
-            return group.create_array(name, **kw)
-        try:
-            return group.create_array(name, overwrite=False, **kw)
-        except (
-            ContainsArrayError
-        ):  # another creator made it first (same identity, or compare_identity refuses it below)
-            return group[name]
-
-    make(
-        "features",
-        shape=(meta.n_rows, meta.dim),
-        chunks=(meta.chunk_rows, meta.dim),
-        dtype=meta.dtype,
-        compressors=None,
-        fill_value=0,
-    )
-    make("valid", shape=(meta.n_rows,), chunks=(meta.chunk_rows,), dtype="bool", fill_value=False)
-    ids = make("example_id", shape=(meta.n_rows,), chunks=(meta.n_rows,), dtype=str)
-    ids[:] = np.asarray(list(example_ids), dtype=str)
-    group.attrs["meta"] = meta.to_attrs()
