@@ -70,7 +70,7 @@ def held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr,
 
     from gtp_pipeline.assets.gradients import feature_config
     from gtp_pipeline.assets.locations import corpus_version, resolve_checkpoint
-    from gtp_pipeline.core.features.featurize import featurize
+    from gtp_pipeline.core.features.featurize_checkpoints import featurize_checkpoints
     from gtp_pipeline.core.features.target_trajectory import build_target
     from gtp_pipeline.core.ingest.records import text_examples
     from gtp_pipeline.core.storage.feature_store import FeatureStore
@@ -78,17 +78,20 @@ def held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr,
     test = target_examples.filter(target_examples["split"] == "test")
     if test.height == 0:
         return None
-    examples = text_examples(test)
-    stores = []
-    for key in keys:
-        checkpoint = resolve_checkpoint(store, corpus_version(raw_corpus), key, profile.checkpoint_dir)
-        path = folder / f"{key}.zarr"
-        identity = {"data_version": folder.name, "checkpoint": key}
-        config = feature_config(profile, "sgd")
-        featurize(
-            loaded.model, loaded.tokenizer, examples, path, checkpoint, config, loaded.model_id, identity, device
-        )
-        stores.append(FeatureStore.open(path))
+    version = corpus_version(raw_corpus)
+    featurize_checkpoints(
+        loaded,
+        text_examples(test),
+        keys,
+        lambda key: resolve_checkpoint(store, version, key, profile.checkpoint_dir),
+        lambda key: folder / f"{key}.zarr",
+        feature_config(profile, "sgd"),
+        folder.name,
+        device,
+        "held-out test split",
+        print,
+    )
+    stores = [FeatureStore.open(folder / f"{key}.zarr") for key in keys]
     subtask_of = dict(zip(test["example_id"], test["subtask"], strict=True))
     subtasks = np.asarray([subtask_of[eid] for eid in stores[0].example_ids()])
     return build_target(stores, lr, subtasks, candidates=view).vector
