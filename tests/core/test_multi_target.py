@@ -7,12 +7,14 @@ import polars as pl
 from gtp_pipeline.core.evaluation.multi_target import gtp_tally, multi_target_markdown, overall_sentence
 
 
-def scores(shift: dict[str, float], n: int = 60, seeds=(0, 1, 2), seed: int = 0) -> pl.DataFrame:
+def scores(
+    shift: dict[str, float], n: int = 60, seeds=(0, 1, 2), seed: int = 0, full_gain: float = 1.0
+) -> pl.DataFrame:
     """Per-example losses: every method is topk's loss plus its shift and a little per-run noise."""
     rng = np.random.default_rng(seed)
     base = rng.uniform(2.0, 4.0, n)
     rows = [dict(run="base", method="base", budget="-", seed=-1, example_id=f"e{i}", loss=base[i]) for i in range(n)]
-    full = base - 1.0
+    full = base - full_gain
     rows += [
         dict(run="full", method="full", budget="100pct", seed=0, example_id=f"e{i}", loss=full[i]) for i in range(n)
     ]
@@ -79,3 +81,16 @@ def test_no_loss_and_one_win_is_reported_as_no_worse_everywhere_and_better_there
     assert gtp_tally(verdicts) == {"win": ["A @ 5pct"], "tie": ["B @ 5pct"], "loss": []}
     assert overall_sentence(verdicts).startswith("gtp is no worse than topk within the intervals on every target")
     assert overall_sentence([]).startswith("No target has both")
+
+
+def test_a_target_where_full_data_is_worse_than_the_base_model_says_so_once_instead_of_in_every_row():
+    per_example = {"A": scores({"gtp": -0.2}), "B": scores({"gtp": 0.0}, seed=2, full_gain=-0.5)}
+    markdown, _, _, gaps = multi_target_markdown({}, per_example, "x")
+    assert {g["target"] for g in gaps if g["reason"]} == {"B"}
+    b_section = markdown[markdown.index("**B**", markdown.index("gap closed")) :]
+    assert b_section.count("full data does not clearly improve on the base model") == 1
+    assert "loss: not defined for any method: full data does not clearly improve" in b_section
+    a_section = markdown[
+        markdown.index("**A**", markdown.index("gap closed")) : markdown.index("**B**", markdown.index("gap closed"))
+    ]
+    assert "| 5pct | gtp | loss | +0.70" in a_section

@@ -142,17 +142,28 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
 
 
 def gap_table(gaps: list[dict[str, Any]]) -> str:
-    """Markdown: the share of the base-to-full gap each method closes at each budget, or why it is not defined."""
+    """Markdown: the share of the base-to-full gap each method closes at each budget, or why it is not defined.
+
+    A metric whose share is undefined for the same reason in every row (full data does not beat the base model)
+    gets that reason once, in a sentence after the table, instead of in every row."""
+    reasons = {}
+    for g in gaps:
+        reasons.setdefault(g["metric"], set()).add(g["reason"] or None)
+    said_once = {m: r.pop() for m, r in reasons.items() if len(r) == 1 and None not in r}
     lines = [
         "| budget | method | metric | share of gap closed (95% CI) | seeds x examples | note |",
         "|---|---|---|---|---|---|",
     ]
     for g in gaps:
+        if g["metric"] in said_once:
+            continue
         lines.append(
             f"| {g['budget']} | {g['method']} | {g['metric']} | {_interval(g['share'], g['low'], g['high'], 2)} | "
             f"{g['n_seeds']} x {g['n_examples']} | {g['reason'] or '-'} |"
         )
-    return "\n".join(lines)
+    table = "\n".join(lines) if len(lines) > 2 else ""
+    sentences = [f"{metric}: not defined for any method: {reason}." for metric, reason in said_once.items()]
+    return "\n\n".join(part for part in (table, *sentences) if part)
 
 
 def forest_of(verdicts: list[dict[str, Any]], metric: str, label_prefix: str = "", title: str = "") -> bytes | None:
