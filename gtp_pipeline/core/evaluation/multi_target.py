@@ -10,7 +10,7 @@ from typing import Any
 
 from gtp_pipeline.core.evaluation.markdown import markdown_table
 from gtp_pipeline.core.evaluation.recommendation import recommend
-from gtp_pipeline.core.evaluation.report import forest_of, gap_table, verdict_table
+from gtp_pipeline.core.evaluation.report import GAP_CLOSED_MEANING, forest_of, gap_table, verdict_table
 from gtp_pipeline.core.evaluation.variant_study import ALIGNMENT_COLUMNS
 from gtp_pipeline.core.evaluation.verdict import compare_methods, gap_closed_table
 
@@ -113,7 +113,7 @@ def multi_target_markdown(
         "method) with a 95% percentile bootstrap interval over test examples and seeds. A win or loss needs the "
         "whole interval on one side of 0.",
         _by_target(verdicts, verdict_table) or "_No target has two methods scored at one budget yet._",
-        "Share of the base-to-full gap closed, (base - method) / (base - full), 95% bootstrap interval:",
+        GAP_CLOSED_MEANING,
         _by_target(gaps, gap_table) or "_Needs the base model and the full-pool fine-tune scored on each target._",
         "## What each method picked",
         "fitted: chosen by GTP's joint fit; fill: the rest of its budget (de-duplicated). near_duplicates: picks "

@@ -141,6 +141,12 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+GAP_CLOSED_MEANING = (
+    "Share of the base-to-full gap closed, (base - method) / (base - full), with a 95% bootstrap interval: 1 = as "
+    "good as training on all the data, 0 = no better than the base model, above 1 = better than all the data:"
+)
+
+
 def gap_table(gaps: list[dict[str, Any]]) -> str:
     """Markdown: the share of the base-to-full gap each method closes at each budget, or why it is not defined.
 
@@ -205,8 +211,7 @@ def verdict_sections(per_example) -> tuple[list[str], dict[str, bytes], list[dic
         "with a 95% percentile bootstrap interval that resamples test examples and seeds. A win or loss needs the "
         "whole interval on one side of 0; otherwise it is a tie.",
         verdict_table(verdicts) if verdicts else "_No two methods share a budget, a seed and scored test examples._",
-        "Share of the base-to-full gap closed, (base - method) / (base - full) (1 = as good as training on all "
-        "the data, 0 = no better than the base model), with a 95% bootstrap interval:",
+        GAP_CLOSED_MEANING,
         gap_table(gaps) if gaps else "_Needs the base model and the full-data fine-tune in the evaluation._",
         "## Which method for my data",
         "\n".join(_bullets(text) for text in advice.values()) or "_No comparison to base a recommendation on._",
