@@ -47,3 +47,26 @@ def test_per_checkpoint_fits_each_block_with_its_own_weights():
         w_ref, _ = scipy_nnls(A.T, B[t])  # the exact NNLS of that block on the chosen support
         np.testing.assert_allclose(A.T @ W[:, t], A.T @ w_ref, atol=1e-6)
     assert not np.allclose(W[:, 0], W[:, 1])  # the blocks were not forced to share weights
+
+
+def test_the_fitted_support_drops_only_the_fill_and_repeats_to_the_budget():
+    from gtp_pipeline.core.selection.gtp_variants import fitted_support, repeat_to
+
+    view, _ = problem(n=200, d=4, T=2)
+    b = np.zeros(view.dim)
+    b[0] = 1.0  # a few atoms reach it; at k=20 in 8 dimensions the non-negative fit saturates
+    sel = select_gtp(view, TargetTrajectory(b[None], np.array(["t"]), np.ones(1)), PursuitConfig(budget=20))
+    assert sel.fill > 0
+    support = fitted_support(sel)
+    n = 20 - sel.fill
+    np.testing.assert_array_equal(support.indices, sel.indices[:n])
+    assert support.fill == 0 and support.info["fill_dropped"] == sel.fill
+    A = view.gather(support.indices).astype(np.float64)
+    _, residual = scipy_nnls(A.T, b)  # the support alone fits the target as well as support + fill did
+    assert residual == pytest.approx(sel.residual, rel=1e-4, abs=1e-6)
+    rows = repeat_to(support.indices, 20)
+    assert rows.size == 20 and set(rows.tolist()) == set(support.indices.tolist())
+    counts = np.unique(rows, return_counts=True)[1]
+    assert counts.max() - counts.min() <= 1  # each fitted example trained on about equally often
+    with pytest.raises(ValueError):
+        repeat_to(support.indices, n - 1)

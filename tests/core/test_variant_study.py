@@ -157,3 +157,32 @@ def test_scores_are_cached_per_test_set_and_a_damaged_cache_is_scored_again(tmp_
     )
     (tmp_path / f"scores-{a}.json").write_text('{"test_key": "' + a + '", "per_example": [{"loss": 1}]')  # cut short
     assert train_and_score(tmp_path, train, score, a) == first and len(scored) == 3
+
+
+def test_support_only_trains_on_the_fitted_examples_repeated_to_the_budget(tmp_path):
+    m = parse_method("gtp+support+per_example")
+    assert m.support_only and m.variant == GTPVariant("per_example")
+    for bad in ("gtp+support+weights", "gtp+support+target_fill"):
+        with pytest.raises(ValueError, match="support drops the fill"):
+            parse_method(bad)
+    view, target, per_example, corpus = pool(n=40, d=6)
+    k = 20
+    full = select(parse_method("gtp"), view, target, per_example, k)
+    assert full.fill > 0  # saturated: the default pads the budget with fill
+    trained = {}
+
+    def finetune(rows, weights, seed, folder):  # records what each run trains on; scoring reads it back
+        trained[folder.parent.name] = list(rows)
+        return rows
+
+    def score(rows):
+        return [{"example_id": "t0", "loss": float(len(set(rows))), "correct": None}]
+
+    methods = [parse_method(s) for s in ("gtp", "gtp+support")]
+    result = run_study(view, target, per_example, corpus, methods, [("k20", k)], [0], [], tmp_path, finetune, score)
+    fitted = full.indices[: k - full.fill].tolist()
+    assert sorted(trained["gtp"]) == sorted(full.indices.tolist())
+    assert len(trained["gtp+support"]) == k and set(trained["gtp+support"]) == set(fitted)
+    support_row = next(r for r in result.selections if r["method"] == "gtp+support")
+    assert (support_row["k"], support_row["fitted"], support_row["fill"]) == (len(fitted), len(fitted), 0)
+    assert support_row["exact_duplicates"] == 0  # described by its distinct examples, not by the repeats

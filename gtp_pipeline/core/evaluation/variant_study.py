@@ -9,6 +9,8 @@ A method is named by a spec: "topk", "random", or "gtp" with options joined by "
   in_domain                   match the pool's own mean trajectory, not the target (a target-blind coreset)
   target_fill                 rank the fill by LESS's score against the target instead of the final residual
   weights                     train on GTP's fitted NNLS weights as loss weights instead of uniformly
+  support                     drop the fill: train on the fitted support only, each example repeated in turn up to
+                              the budget's size (the same draws, spent on what the target needs)
   swaps=N                     refinement passes after the support is full (PursuitConfig.swap_rounds, default 1)
   pool_factor=F               atoms taken per pass, F x those still to add (PursuitConfig.pool_factor, default 2)
 e.g. "gtp+per_example+centered", "gtp+swaps=0". Every method at a budget trains on the same number of draws with the same recipe
@@ -37,7 +39,7 @@ from gtp_pipeline.core.evaluation.markdown import markdown_table
 from gtp_pipeline.core.evaluation.scoring import read_scores, write_scores
 from gtp_pipeline.core.features.target_trajectory import TargetTrajectory
 from gtp_pipeline.core.features.trajectory import Trajectories
-from gtp_pipeline.core.selection.gtp_variants import GTPVariant
+from gtp_pipeline.core.selection.gtp_variants import GTPVariant, fitted_support, repeat_to
 from gtp_pipeline.core.selection.pursuit import PursuitConfig, Selection
 from gtp_pipeline.core.selection.selection_baselines import evaluate_selection
 from gtp_pipeline.core.selection.selection_methods import select as select_method
@@ -45,7 +47,16 @@ from gtp_pipeline.core.selection.selection_stats import duplicate_stats
 
 log = logging.getLogger(__name__)
 
-GTP_OPTIONS = ("per_subtask", "per_example", "per_checkpoint", "in_domain", "centered", "target_fill", "weights")
+GTP_OPTIONS = (
+    "per_subtask",
+    "per_example",
+    "per_checkpoint",
+    "in_domain",
+    "centered",
+    "target_fill",
+    "weights",
+    "support",
+)
 GTP_SETTINGS = {"swaps": ("swap_rounds", int), "pool_factor": ("pool_factor", float)}  # option=value -> PursuitConfig
 ALIGNMENT_COLUMNS = (
     "dev_mean_cosine: the mean cosine of the picks with the target (what an equal-weight fine-tune gains to first "
@@ -62,6 +73,7 @@ class StudyMethod:
     variant: GTPVariant = GTPVariant()
     fill: str = "residual"
     weighted: bool = False
+    support_only: bool = False  # train on the fitted support repeated to k rows instead of support + fill
     pursuit: tuple[tuple[str, int | float], ...] = ()  # PursuitConfig fields set by option=value
 
 
@@ -102,8 +114,12 @@ def parse_method(spec: str) -> StudyMethod:
     if len(targets) > 1:
         raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint, in_domain")
     variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in flags)
+    if "support" in flags and ("target_fill" in flags or "weights" in flags):
+        raise ValueError(
+            f"{spec!r}: support drops the fill and trains uniformly; it takes neither target_fill nor weights"
+        )
     fill = "target" if "target_fill" in flags else "residual"
-    return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in flags, tuple(pursuit))
+    return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in flags, "support" in flags, tuple(pursuit))
 
 
 def select(
@@ -262,17 +278,23 @@ def run_study(
             topk_ids = {corpus[i]["example_id"] for i in chosen["topk"].indices}
         for m in methods:
             sel = chosen[m.name]
+            rows_trained = sel.indices
+            if m.support_only:
+                sel = fitted_support(sel)
+                rows_trained = repeat_to(sel.indices, k)
             picked = [corpus[i] for i in sel.indices]
             stats = selection_stats(view, sel, b, picked, topk_ids if m.name != "topk" else None, held_out)
             selections.append({"budget": label, "method": m.name, **stats})
             fit = f"{stats['fitted']} fitted + {stats['fill']} fill, " if stats["fitted"] is not None else ""
+            if m.support_only:
+                fit += f"each repeated to {k} rows, "
             report(f"{m.name} @ {label}: {fit}{stats['sources']}")
             weights = sel.weights if m.weighted else None
             if weights is not None and not np.any(weights > 0):
                 raise ValueError(f"{m.name} @ {label}: no positive weight to train on")
-            rows_picked = [int(i) for i in sel.indices]
+            rows_picked = [int(i) for i in rows_trained]
             for seed in seeds:
-                folder = run_folder(root, label, m.name, seed, [p["example_id"] for p in picked], weights)
+                folder = run_folder(root, label, m.name, seed, [corpus[i]["example_id"] for i in rows_picked], weights)
 
                 def train(f: Path, r=rows_picked, w=weights, s=seed):
                     return finetune(r, w, s, f)

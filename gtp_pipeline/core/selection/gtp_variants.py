@@ -15,7 +15,7 @@ A single target far outside the pool's cone saturates after a few atoms and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -81,6 +81,24 @@ def select_gtp(
     if B.shape[0] == 1:
         return gtp(view, B[0], config)
     return joint_gtp(view, B, config)
+
+
+def fitted_support(selection: Selection) -> Selection:
+    """The selection without its fill: the examples the joint fit chose (the support the target needs), weights kept."""
+    n = selection.indices.size - selection.fill
+    if n <= 0:
+        raise ValueError(f"{selection.method}: the joint fit chose nothing, so there is no support to train on")
+    info = {**selection.info, "fill_dropped": selection.fill}
+    return replace(selection, indices=selection.indices[:n], weights=selection.weights[:n], fill=0, info=info)
+
+
+def repeat_to(rows: np.ndarray, k: int) -> np.ndarray:
+    """`rows` taken in turn until there are k: a fine-tune on them sees as many draws as on k distinct examples, so
+    training longer on a small support costs what the budget allows, no more."""
+    rows = np.asarray(rows)
+    if rows.size == 0 or k < rows.size:
+        raise ValueError(f"cannot repeat {rows.size} rows to {k}")
+    return np.resize(rows, k)
 
 
 def describe_fill(selection: Selection) -> str:
