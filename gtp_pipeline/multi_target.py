@@ -32,7 +32,7 @@ from pathlib import Path
 from gtp_pipeline.core.config import settings as env
 
 DEFAULT_PROFILE = "multitarget"
-DEFAULT_METHODS = "gtp,gtp+per_example,gtp+target_fill,gtp+per_checkpoint,topk,random"
+DEFAULT_METHODS = "gtp,gtp+residual_fill,gtp+support,gtp+per_example,gtp+per_checkpoint,topk,random"
 STAGES = ("select", "full", "report")
 NEEDS = "target_gradients,gradient_trajectories"  # what the variant study reads
 

@@ -23,7 +23,7 @@ import time
 
 DEFAULT_METHODS = (
     "gtp",
-    "gtp+target_fill",
+    "gtp+residual_fill",
     "gtp+per_example",
     "gtp+centered",
     "gtp+per_example+centered",

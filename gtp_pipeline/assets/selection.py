@@ -27,7 +27,7 @@ class SelectionConfig(dg.Config):
     seed: int = 0  # random_selection only
     gtp_targets: str = "mean"  # GTP matches the "mean" target, or jointly: per_subtask / per_example / per_checkpoint
     gtp_center: bool = False  # GTP on trajectories centered on the pool's mean (core/features/centered.py)
-    gtp_fill: str = "residual"  # rank GTP's fill by the final "residual" (OMP) or the "target" (LESS's score)
+    gtp_fill: str = "target"  # rank GTP's fill by the "target" (LESS's score) or the final "residual" (OMP)
     dask_scheduler: str = ""  # "tcp://host:8786": run the streaming passes as Dask tasks there (same selection)
 
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/core/conft
 
 def test_method_specs_parse_into_variants():
     m = parse_method("gtp+per_example+centered+weights")
-    assert (m.base, m.variant, m.fill, m.weighted) == ("gtp", GTPVariant("per_example", True), "residual", True)
-    assert parse_method("gtp+target_fill").fill == "target"
+    assert (m.base, m.variant, m.fill, m.weighted) == ("gtp", GTPVariant("per_example", True), "target", True)
+    assert parse_method("gtp+residual_fill").fill == "residual"
     assert parse_method("topk").base == "topk"
     for bad in ("gtp+per_example+per_subtask", "gtp+centred", "topk+centered", "lesss", "gtp+weights+weights"):
         with pytest.raises(ValueError):
@@ -162,7 +162,7 @@ def test_scores_are_cached_per_test_set_and_a_damaged_cache_is_scored_again(tmp_
 def test_support_only_trains_on_the_fitted_examples_repeated_to_the_budget(tmp_path):
     m = parse_method("gtp+support+per_example")
     assert m.support_only and m.variant == GTPVariant("per_example")
-    for bad in ("gtp+support+weights", "gtp+support+target_fill"):
+    for bad in ("gtp+support+weights", "gtp+support+residual_fill"):
         with pytest.raises(ValueError, match="support drops the fill"):
             parse_method(bad)
     view, target, per_example, corpus = pool(n=40, d=6)

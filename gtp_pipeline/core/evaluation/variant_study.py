@@ -7,7 +7,8 @@ A method is named by a spec: "topk", "random", or "gtp" with options joined by "
                               target, jointly with one support (core/selection/gtp_variants.py)
   centered                    on trajectories centered on the pool's mean (core/features/centered.py)
   in_domain                   match the pool's own mean trajectory, not the target (a target-blind coreset)
-  target_fill                 rank the fill by LESS's score against the target instead of the final residual
+  residual_fill               rank the fill by correlation with the final residual instead of LESS's score against
+                              the target (the default until the multi-target study, docs/RESULTS.md)
   weights                     train on GTP's fitted NNLS weights as loss weights instead of uniformly
   support                     drop the fill: train on the fitted support only, each example repeated in turn up to
                               the budget's size (the same draws, spent on what the target needs)
@@ -53,7 +54,7 @@ GTP_OPTIONS = (
     "per_checkpoint",
     "in_domain",
     "centered",
-    "target_fill",
+    "residual_fill",
     "weights",
     "support",
 )
@@ -71,7 +72,7 @@ class StudyMethod:
     name: str
     base: str  # "gtp" | "topk" | "random"
     variant: GTPVariant = GTPVariant()
-    fill: str = "residual"
+    fill: str = "target"
     weighted: bool = False
     support_only: bool = False  # train on the fitted support repeated to k rows instead of support + fill
     pursuit: tuple[tuple[str, int | float], ...] = ()  # PursuitConfig fields set by option=value
@@ -114,11 +115,11 @@ def parse_method(spec: str) -> StudyMethod:
     if len(targets) > 1:
         raise ValueError(f"{spec!r}: choose one of per_subtask, per_example, per_checkpoint, in_domain")
     variant = GTPVariant(targets=targets[0] if targets else "mean", center="centered" in flags)
-    if "support" in flags and ("target_fill" in flags or "weights" in flags):
+    if "support" in flags and ("residual_fill" in flags or "weights" in flags):
         raise ValueError(
-            f"{spec!r}: support drops the fill and trains uniformly; it takes neither target_fill nor weights"
+            f"{spec!r}: support drops the fill and trains uniformly; it takes neither residual_fill nor weights"
         )
-    fill = "target" if "target_fill" in flags else "residual"
+    fill = "residual" if "residual_fill" in flags else "target"
     return StudyMethod(spec.strip(), "gtp", variant, fill, "weights" in flags, "support" in flags, tuple(pursuit))
 
 

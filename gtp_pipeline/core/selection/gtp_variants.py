@@ -111,6 +111,8 @@ def describe_fill(selection: Selection) -> str:
     return (
         f"{fitted} of {k} examples were chosen by the joint fit; it stopped improving there ({selection.stop_reason}): "
         f"the target is reached as far as non-negative combinations of the pool can reach it. The other "
-        f"{selection.fill} are fill, ranked by {ranked[selection.info.get('fill_ranked_by', 'residual')]}, with "
-        f"near-duplicates of earlier picks skipped ({selection.info.get('fill_near_duplicates', 0)} taken anyway)."
+        f"{selection.fill} are fill, ranked by {ranked[selection.info.get('fill_ranked_by', 'target')]}, with "
+        f"near-duplicates of earlier picks skipped ({selection.info.get('fill_near_duplicates', 0)} taken anyway). "
+        f"The {fitted} are the support this target needs: `make study` with `gtp+support` measures training on them "
+        f"alone, each repeated to the budget's size."
     )
