@@ -104,7 +104,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     from gtp_pipeline.assets.gradients import lora_config
     from gtp_pipeline.assets.selection import open_trajectories
     from gtp_pipeline.core.config.profiles import budget_count, budget_label
-    from gtp_pipeline.core.evaluation.evaluate import evaluate
+    from gtp_pipeline.core.evaluation.evaluate import evaluate, scoring_numerics
     from gtp_pipeline.core.evaluation.scoring import eval_inputs
     from gtp_pipeline.core.evaluation.variant_study import parse_method, run_study, scores_key, study_markdown
     from gtp_pipeline.core.ingest.records import TextExample
@@ -155,7 +155,8 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
 
     root = store.path_for("variant_study", study_folder_name(settings.target.name))
     shared = store.path_for("variant_study", SHARED_FOLDER)  # base and full-pool runs, whatever the target
-    test_key = scores_key(f"{settings.target.name}|{loaded.model_id}", [t.example_id for t in tests])
+    numerics = scoring_numerics(eval_config, device)  # scores from another arithmetic are not paired with these
+    test_key = scores_key(f"{settings.target.name}|{loaded.model_id}|{numerics}", [t.example_id for t in tests])
     held_out = None
     if args.held_out_alignment == "yes":  # before any fine-tune touches the model
         folder = root / "held_out_gradients" / test_key
@@ -189,7 +190,7 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
     command = f"GTP_PROFILE={profile.name} python -m gtp_pipeline.variant_study " + " ".join(
         f"--{k.replace('_', '-')} {shlex.quote(v)}" for k, v in vars(args).items()
     )
-    markdown, plots = study_markdown(selections, scores, settings.target.name, command)
+    markdown, plots = study_markdown(selections, scores, settings.target.name, command, numerics)
     for name, png in plots.items():
         write_bytes(png, root / f"{name}.png")
     write_bytes(markdown.encode(), root / "study.md")

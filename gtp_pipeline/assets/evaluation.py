@@ -64,18 +64,19 @@ def evaluation(
     compute: ComputeResource,
 ):
     """Target test loss (mean response-token NLL) and multiple-choice accuracy of the base model and every fine-tune."""
+    from gtp_pipeline.core.evaluation.evaluate import scoring_numerics
     from gtp_pipeline.core.evaluation.scoring import RESULT_COLUMNS, eval_inputs, result_rows, score_models
     from gtp_pipeline.core.storage.atomic import write_parquet
 
     settings = profile.settings()
     examples, eval_config = eval_inputs(target_examples, settings)
-    loaded = model.load()
+    loaded, device = model.load(), compute.configure_torch()
     table, per_example = score_models(
         _models_to_score(context.instance, loaded, store),
         loaded.tokenizer,
         examples,
         eval_config,
-        compute.configure_torch(),
+        device,
         store.path_for("evaluation", "cache"),
         target_version(target_examples),
         context.log.info,
@@ -90,6 +91,7 @@ def evaluation(
             "test_examples": len(examples),
             "target": settings.target.name + files,
             "models": table.height,
+            "scored_with": scoring_numerics(eval_config, device),  # scores pair only within one arithmetic
             "results": metadata_table(result_rows(table), RESULT_COLUMNS),
         },
     )

@@ -104,6 +104,7 @@ def test_evaluation_keeps_per_example_scores_that_add_up_to_its_table_and_the_re
     evaluation = pl.read_parquet(root / "evaluation" / "data.parquet")
     per_example = pl.read_parquet(root / "evaluation" / "per_example.parquet")
     assert latest_metadata(instance, "evaluation")["per_example"] == str(root / "evaluation" / "per_example.parquet")
+    assert latest_metadata(instance, "evaluation")["scored_with"].startswith("cpu ")  # the arithmetic that scored it
     assert per_example.height == evaluation.height * TINY.target.n_test
     means = per_example.group_by("run", "seed").agg(
         pl.col("loss").mean().alias("mean_loss"), pl.col("correct").cast(pl.Float64).mean().alias("mean_correct")

@@ -43,3 +43,35 @@ def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_
     assert len(opened) == 2 and again["loss"] == first["loss"]
     cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-b")  # another test set
     assert len(opened) == 3 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_scores_are_cached_per_arithmetic_and_say_which_one_scored_them(tmp_path, tiny):
+    """The same adapter and test set scored in bf16 and fp32 are two cached results, each naming its numerics: a
+    study resumed on other hardware or precision scores again instead of pairing scores from two arithmetics."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, scoring_numerics
+    from gtp_pipeline.core.evaluation.scoring import ModelToScore, cached_score
+
+    bf16, fp32 = EvalConfig(max_len=32, precision="bf16"), EvalConfig(max_len=32, precision="fp32")
+    label = scoring_numerics(bf16, "cpu")
+    assert label.startswith(f"cpu {torch.backends.cpu.get_cpu_capability()}")
+    assert ", bf16, " in label and label.endswith(f"torch {torch.__version__}")
+    assert scoring_numerics(fp32, "cpu") == label.replace(", bf16, ", ", fp32, ")
+
+    opened = []
+
+    def open_model():
+        opened.append(1)
+        return nullcontext(tiny.model)
+
+    model = ModelToScore("base", BASE_SEED, "ck1", open_model)
+    examples = [EvalExample("e1", "Count to 2.", "1 2"), EvalExample("e2", "Count to 3.", "1 2 3")]
+    in_bf16 = cached_score(model, tiny.tokenizer, examples, bf16, "cpu", tmp_path, "set-a")
+    in_fp32 = cached_score(model, tiny.tokenizer, examples, fp32, "cpu", tmp_path, "set-a")
+    assert len(opened) == 2 and len(list(tmp_path.iterdir())) == 2
+    assert in_bf16["numerics"] == label and in_fp32["numerics"] == scoring_numerics(fp32, "cpu")
+    assert cached_score(model, tiny.tokenizer, examples, bf16, "cpu", tmp_path, "set-a") == in_bf16
+    assert len(opened) == 2  # each read back from its own file

@@ -128,8 +128,13 @@ def test_study_trains_every_method_and_seed_resumes_and_reports(tmp_path, tiny):
 
     twin = scores.filter(pl.col("method") == "gtp+swaps=0").drop("run", "method")
     assert twin.equals(scores.filter(pl.col("method") == "gtp").drop("run", "method"))  # its scores, read back
-    markdown, plots = study_markdown(pl.DataFrame(result.selections), scores, "counting", "python -m ...")
-    for section in ("## What each method picked", "## Verdict", "## Which method for my data"):
+    markdown, plots = study_markdown(pl.DataFrame(result.selections), scores, "counting", "python -m ...", "cpu, fp32")
+    for section in (
+        "## What each method picked",
+        "## Verdict",
+        "## Which method for my data",
+        "Scored with: cpu, fp32",
+    ):
         assert section in markdown
     assert "gtp+weights" in markdown and plots
 

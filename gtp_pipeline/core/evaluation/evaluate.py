@@ -46,6 +46,27 @@ class EvalConfig:
     precision: str = "fp32"  # "bf16": frozen weights cast to bf16 under autocast, ~2x faster on AVX512-BF16 CPUs
 
 
+def scoring_numerics(config: EvalConfig, device: str) -> str:
+    """The arithmetic a score depends on besides the model and the test set: the device's kernels, the precision
+    and torch's version. bf16 kernels differ between processors and move a mean loss by about a hundredth of a nat,
+    as much as some paired differences between methods, so scores are cached, and compared, per label."""
+    if str(device).startswith("cuda"):
+        hardware = f"cuda {torch.cuda.get_device_name(torch.device(device))}"
+    else:
+        hardware = f"cpu {torch.backends.cpu.get_cpu_capability()}{''.join(f' {f}' for f in _bf16_cpu_flags())}"
+    return f"{hardware}, {config.precision}, torch {torch.__version__}"
+
+
+def _bf16_cpu_flags() -> list[str]:
+    """The processor's bf16 instruction sets (Linux's /proc/cpuinfo; none elsewhere): oneDNN's bf16 path uses them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 @dataclass(frozen=True)
 class EvalResult:
     loss: float  # mean over examples of the mean response-token NLL (nats/token); nan if none was scored

@@ -1,9 +1,10 @@
 """Scoring every model of a run on the target's held-out test split: the test examples and settings, one cached
-result per (adapter, test set, precision), and the two tables the report reads (one row per model; one row per model
-and test example, which the paired verdicts resample)."""
+result per (adapter, test set, numerics: the device's kernels, precision and torch version), and the two tables the
+report reads (one row per model; one row per model and test example, which the paired verdicts resample)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtp_pipeline.core.config.run_key import RunKey
-from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate
+from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, evaluate, scoring_numerics
 from gtp_pipeline.core.storage.atomic import write_bytes
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ def write_scores(path, test_key: str, result: dict) -> None:
 def cached_score(
     model: ModelToScore, tokenizer, examples, config: EvalConfig, device, cache_dir, test_key: str
 ) -> dict:
-    """The model's scores on the test set: read from cache_dir when an earlier run computed them (they are a function
-    of the adapter and the test set), else computed and cached."""
-    cache = cache_dir / f"{model.checkpoint_id}-{test_key}-{config.precision}-{CACHE_FORMAT}.json"
+    """The model's scores on the test set: read from cache_dir when an earlier run computed them with the same
+    arithmetic (they are a function of the adapter, the test set and the numerics), else computed and cached."""
+    numerics = scoring_numerics(config, device)
+    label = hashlib.sha256(numerics.encode()).hexdigest()[:8]
+    cache = cache_dir / f"{model.checkpoint_id}-{test_key}-{config.precision}-{label}-{CACHE_FORMAT}.json"
     cached = read_scores(cache, test_key)
     if cached is not None:
         return cached
@@ -89,6 +92,7 @@ def cached_score(
         "n_loss": scored.n_loss,
         "n_choice": scored.n_choice,
         "excluded": len(scored.excluded),
+        "numerics": numerics,
         "per_example": [
             {"example_id": e["example_id"], "loss": e["loss"], "correct": e["correct"]} for e in scored.per_example
         ],

@@ -313,8 +313,11 @@ def run_study(
     return StudyResult(selections, scores, time.perf_counter() - start)
 
 
-def study_markdown(selections, scores, target_name: str, command: str) -> tuple[str, dict[str, bytes]]:
-    """The study's report: what each method picked, mean scores over seeds, and the verdict with its plots."""
+def study_markdown(
+    selections, scores, target_name: str, command: str, numerics: str = ""
+) -> tuple[str, dict[str, bytes]]:
+    """The study's report: what each method picked, mean scores over seeds, and the verdict with its plots.
+    `numerics` (core.evaluation.evaluate.scoring_numerics) says what arithmetic scored it."""
     import polars as pl
 
     from gtp_pipeline.core.evaluation.report import verdict_sections
@@ -331,10 +334,12 @@ def study_markdown(selections, scores, target_name: str, command: str) -> tuple[
         )
     )
     blocks, plots, _, _ = verdict_sections(scores)
+    header = [f"# Variant study: {target_name}", f"Reproduce: `{command}`"]
+    if numerics:
+        header.append(f"Scored with: {numerics}. Pair its numbers only with scores from the same arithmetic.")
     markdown = "\n\n".join(
         [
-            f"# Variant study: {target_name}",
-            f"Reproduce: `{command}`",
+            *header,
             "## What each method picked",
             "fitted: chosen by the joint fit (weight > 0); fill: the rest of the budget. relative_residual: how far "
             "the NNLS fit on the selection stays from the target (1 = no closer than nothing). near_duplicates: "
