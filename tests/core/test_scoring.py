@@ -16,13 +16,12 @@ def test_the_base_models_seed_is_an_empty_cell_and_only_the_result_columns_are_k
     assert list(result_rows(table)[0]) == RESULT_COLUMNS
 
 
-def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_set(tmp_path, tiny):
-    """cached_score follows the variant study's rule (read_scores): a damaged file or another test set is scored
-    again, a whole one is read back without opening the model."""
+def base_model_to_score(tiny):
+    """(the tiny base model as a ModelToScore that counts its openings, the list of openings, two test examples)."""
     from contextlib import nullcontext
 
-    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample
-    from gtp_pipeline.core.evaluation.scoring import ModelToScore, cached_score
+    from gtp_pipeline.core.evaluation.evaluate import EvalExample
+    from gtp_pipeline.core.evaluation.scoring import ModelToScore
 
     opened = []
 
@@ -30,8 +29,17 @@ def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_
         opened.append(1)
         return nullcontext(tiny.model)
 
-    model = ModelToScore("base", BASE_SEED, "ck1", open_model)
     examples = [EvalExample("e1", "Count to 2.", "1 2"), EvalExample("e2", "Count to 3.", "1 2 3")]
+    return ModelToScore("base", BASE_SEED, "ck1", open_model), opened, examples
+
+
+def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_set(tmp_path, tiny):
+    """cached_score follows the variant study's rule (read_scores): a damaged file or another test set is scored
+    again, a whole one is read back without opening the model."""
+    from gtp_pipeline.core.evaluation.evaluate import EvalConfig
+    from gtp_pipeline.core.evaluation.scoring import cached_score
+
+    model, opened, examples = base_model_to_score(tiny)
     config = EvalConfig(max_len=32)
     first = cached_score(model, tiny.tokenizer, examples, config, "cpu", tmp_path, "set-a")
     assert [r["example_id"] for r in first["per_example"]] == ["e1", "e2"] and len(opened) == 1
@@ -48,12 +56,10 @@ def test_the_pipelines_score_cache_reads_back_only_whole_files_of_the_same_test_
 def test_scores_are_cached_per_arithmetic_and_say_which_one_scored_them(tmp_path, tiny):
     """The same adapter and test set scored in bf16 and fp32 are two cached results, each naming its numerics: a
     study resumed on other hardware or precision scores again instead of pairing scores from two arithmetics."""
-    from contextlib import nullcontext
-
     import torch
 
-    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, EvalExample, scoring_numerics
-    from gtp_pipeline.core.evaluation.scoring import ModelToScore, cached_score
+    from gtp_pipeline.core.evaluation.evaluate import EvalConfig, scoring_numerics
+    from gtp_pipeline.core.evaluation.scoring import cached_score
 
     bf16, fp32 = EvalConfig(max_len=32, precision="bf16"), EvalConfig(max_len=32, precision="fp32")
     label = scoring_numerics(bf16, "cpu")
@@ -61,14 +67,7 @@ def test_scores_are_cached_per_arithmetic_and_say_which_one_scored_them(tmp_path
     assert ", bf16, " in label and label.endswith(f"torch {torch.__version__}")
     assert scoring_numerics(fp32, "cpu") == label.replace(", bf16, ", ", fp32, ")
 
-    opened = []
-
-    def open_model():
-        opened.append(1)
-        return nullcontext(tiny.model)
-
-    model = ModelToScore("base", BASE_SEED, "ck1", open_model)
-    examples = [EvalExample("e1", "Count to 2.", "1 2"), EvalExample("e2", "Count to 3.", "1 2 3")]
+    model, opened, examples = base_model_to_score(tiny)
     in_bf16 = cached_score(model, tiny.tokenizer, examples, bf16, "cpu", tmp_path, "set-a")
     in_fp32 = cached_score(model, tiny.tokenizer, examples, fp32, "cpu", tmp_path, "set-a")
     assert len(opened) == 2 and len(list(tmp_path.iterdir())) == 2
