@@ -48,8 +48,8 @@ class EvalConfig:
 
 def scoring_numerics(config: EvalConfig, device: str) -> str:
     """The arithmetic a score depends on besides the model and the test set: the device's kernels, the precision
-    and torch's version. bf16 kernels differ between processors and move a mean loss by about a hundredth of a nat,
-    as much as some paired differences between methods, so scores are cached, and compared, per label."""
+    and torch's version. bf16 kernels differ between processors, by as much as some paired differences between
+    methods (docs/RESULTS.md), so scores are cached, and compared, per label."""
     if str(device).startswith("cuda"):
         hardware = f"cuda {torch.cuda.get_device_name(torch.device(device))}"
     else:
