@@ -155,11 +155,13 @@ def run_variant_study(defs, instance, args: argparse.Namespace):
 
     root = store.path_for("variant_study", study_folder_name(settings.target.name))
     shared = store.path_for("variant_study", SHARED_FOLDER)  # base and full-pool runs, whatever the target
+    test_set = f"{settings.target.name}|{loaded.model_id}"
+    test_ids = [t.example_id for t in tests]
     numerics = scoring_numerics(eval_config, device)  # scores from another arithmetic are not paired with these
-    test_key = scores_key(f"{settings.target.name}|{loaded.model_id}|{numerics}", [t.example_id for t in tests])
+    test_key = scores_key(f"{test_set}|{numerics}", test_ids)
     held_out = None
     if args.held_out_alignment == "yes":  # before any fine-tune touches the model
-        folder = root / "held_out_gradients" / test_key
+        folder = root / "held_out_gradients" / scores_key(test_set, test_ids)  # features, not scores
         held_out = held_out_target(loaded, device, view, target_examples, raw_corpus, keys, lr, profile, store, folder)
     print(
         f"variant study: profile={profile.name}, {len(corpus)} pool rows ({n_valid} valid), checkpoints {keys}, "

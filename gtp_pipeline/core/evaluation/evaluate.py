@@ -15,6 +15,7 @@ twice. `precision="bf16"` evaluates a bf16 copy of the frozen weights (as traini
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ def scoring_numerics(config: EvalConfig, device: str) -> str:
     return f"{hardware}, {config.precision}, torch {torch.__version__}"
 
 
+@functools.cache  # the processor does not change within a process; read /proc/cpuinfo once
 def _bf16_cpu_flags() -> list[str]:
     """The processor's bf16 instruction sets (Linux's /proc/cpuinfo; none elsewhere): oneDNN's bf16 path uses them."""
     try:
